@@ -72,66 +72,97 @@ def postprocess_logits(logits: torch.Tensor, prompts: Sequence[str], image_size:
     """Turn raw logits (N, h, w) for one frame into a :class:`SegmentationResult`.
 
     ``image_size``: the input image's (H, W). ``output_size``: grid of masks and label; None means
-    the input size (bilinear upsampling of probabilities, align_corners=False). Stats are
-    computed on the output grid and expressed in input-image pixels.
+    the input size (bilinear upsampling of probabilities, align_corners=False).
+
+    Stats are computed on the model's probability grid (h x w, 352 x 352 for CLIPSeg) and
+    expressed in input-image pixels: upsampling adds no information, costs 5x more at 1080p, and
+    this way ``input`` and ``model`` mask resolutions report identical numbers. The label is
+    derived from the published uint8 masks (argmax, then >= threshold * 255), so it always agrees
+    with them.
     """
     if logits.ndim == 2:  # older transformers squeeze N = 1
         logits = logits[None]
-    n = logits.shape[0]
     in_h, in_w = int(image_size[0]), int(image_size[1])
     out_h, out_w = (in_h, in_w) if output_size is None else (int(output_size[0]), int(output_size[1]))
     # Probabilities in float32 whatever the model dtype: fp16 thresholds and sums lose too much.
     probs = torch.sigmoid(logits.float())
-    if probs.shape[-2:] != (out_h, out_w):
-        probs = F.interpolate(probs[None], size=(out_h, out_w), mode="bilinear", align_corners=False)[0]
-    above = probs >= threshold
-    masks = (probs * 255.0).round_().to(torch.uint8)
+    stats = prompt_stats(probs, prompts, (in_h, in_w), threshold)
 
-    best_prob, best_idx = probs.max(dim=0)
-    label = torch.where(best_prob >= threshold, best_idx + 1, torch.zeros_like(best_idx))
-    label = label.clamp_(max=MAX_LABELS).to(torch.uint8)
+    # Upsampling and uint8 conversion with OpenCV on the host: 4-10x faster than torch's CPU
+    # bilinear at 1080p, and on a GPU only the small 352x352 grid crosses to the host.
+    scaled = (probs * 255.0).cpu().numpy()
+    masks = np.empty((scaled.shape[0], out_h, out_w), np.uint8)
+    for k, plane in enumerate(scaled):
+        if plane.shape != (out_h, out_w):
+            # INTER_LINEAR with half-pixel centres == torch bilinear, align_corners=False.
+            plane = cv2.resize(plane, (out_w, out_h), interpolation=cv2.INTER_LINEAR)
+        cv2.convertScaleAbs(plane, dst=masks[k])  # round + saturate to uint8
+    return SegmentationResult(prompts=list(prompts), masks=masks, label=label_from_masks(masks, threshold),
+                              stats=stats, threshold=float(threshold), image_size=(in_h, in_w))
 
-    # Reductions: area, mean inside mask, bbox and centroid from row/column counts.
-    above_f = above.float()
-    area = above_f.sum(dim=(1, 2))
-    inside_sum = (probs * above_f).sum(dim=(1, 2))
-    max_score = probs.amax(dim=(1, 2))
-    row_counts = above_f.sum(dim=2)  # (N, H)
-    col_counts = above_f.sum(dim=1)  # (N, W)
-    ys = torch.arange(out_h, device=probs.device, dtype=torch.float32)
-    xs = torch.arange(out_w, device=probs.device, dtype=torch.float32)
-    cy_sum = (row_counts * ys).sum(dim=1)
-    cx_sum = (col_counts * xs).sum(dim=1)
-    row_any = row_counts > 0
-    col_any = col_counts > 0
-    big = max(out_h, out_w) + 1
-    y0 = torch.where(row_any, ys.expand_as(row_counts), torch.full_like(row_counts, big)).amin(dim=1)
-    y1 = torch.where(row_any, ys.expand_as(row_counts), torch.full_like(row_counts, -1)).amax(dim=1)
-    x0 = torch.where(col_any, xs.expand_as(col_counts), torch.full_like(col_counts, big)).amin(dim=1)
-    x1 = torch.where(col_any, xs.expand_as(col_counts), torch.full_like(col_counts, -1)).amax(dim=1)
-    numbers = torch.stack([area, inside_sum, max_score, cy_sum, cx_sum, y0, y1, x0, x1], dim=1).cpu().numpy()
 
-    sx, sy = in_w / out_w, in_h / out_h
-    total = float(out_h * out_w)
+def label_from_masks(masks: np.ndarray, threshold: float) -> np.ndarray:
+    """(N, H, W) uint8 masks -> (H, W) uint8 label: k = 1 + argmax where that mask >= threshold
+    (in mask units, ceil(threshold * 255)), else 0. Ties go to the lower prompt index.
+
+    OpenCV element-wise ops on uint8 planes: ~10x faster than numpy's argmax at 1080p.
+    """
+    if masks.shape[0] == 0:
+        return np.zeros(masks.shape[1:], np.uint8)
+    best = masks[0].copy()
+    label = np.ones(best.shape, np.uint8)
+    for k in range(1, masks.shape[0]):
+        better = cv2.compare(masks[k], best, cv2.CMP_GT)  # 255 where strictly greater
+        cv2.max(best, masks[k], dst=best)
+        value = min(k + 1, MAX_LABELS)
+        label = cv2.bitwise_or(cv2.bitwise_and(label, cv2.bitwise_not(better)), cv2.bitwise_and(better, value))
+    level = int(math.ceil(threshold * 255.0 - 1e-6))
+    return cv2.bitwise_and(label, cv2.compare(best, level, cv2.CMP_GE))
+
+
+def prompt_stats(probs: torch.Tensor, prompts: Sequence[str], image_size: tuple[int, int],
+                 threshold: float) -> list[PromptStats]:
+    """Per-prompt stats from probabilities (N, h, w) on any grid, in input-image pixels.
+
+    A grid pixel covers (H/h) x (W/w) input pixels: bbox edges are scaled and rounded outwards,
+    the centroid is the mean of covered pixel centres.
+    """
+    n, grid_h, grid_w = probs.shape
+    in_h, in_w = int(image_size[0]), int(image_size[1])
+    above = (probs >= threshold).float()
+    area = above.sum(dim=(1, 2))
+    inside_sum = (probs * above).sum(dim=(1, 2))
+    max_score = probs.amax(dim=(1, 2)) if probs.numel() else torch.zeros(n)
+    row_counts = above.sum(dim=2)  # (N, h)
+    col_counts = above.sum(dim=1)  # (N, w)
+    ys = torch.arange(grid_h, device=probs.device, dtype=torch.float32)
+    xs = torch.arange(grid_w, device=probs.device, dtype=torch.float32)
+    big = float(max(grid_h, grid_w) + 1)
+    rows_on, cols_on = row_counts > 0, col_counts > 0
+    numbers = torch.stack([
+        area, inside_sum, max_score, (row_counts * ys).sum(dim=1), (col_counts * xs).sum(dim=1),
+        torch.where(rows_on, ys, big).amin(dim=1), torch.where(rows_on, ys, -1.0).amax(dim=1),
+        torch.where(cols_on, xs, big).amin(dim=1), torch.where(cols_on, xs, -1.0).amax(dim=1),
+    ], dim=1).cpu().numpy().astype(np.float64)
+
+    sx, sy = in_w / grid_w, in_h / grid_h
+    total = float(grid_h * grid_w)
     stats = []
     for k in range(n):
-        a, inside, mx, cys, cxs, by0, by1, bx0, bx1 = (float(v) for v in numbers[k])
+        a, inside, mx, cy_sum, cx_sum, y0, y1, x0, x1 = numbers[k]
         if a > 0:
-            # Output-grid pixel edges scaled to input pixels; pixel centres for the centroid.
-            x_off = int(math.floor(bx0 * sx))
-            y_off = int(math.floor(by0 * sy))
-            x_end = min(in_w, int(math.ceil((bx1 + 1) * sx)))
-            y_end = min(in_h, int(math.ceil((by1 + 1) * sy)))
+            x_off, y_off = int(math.floor(x0 * sx + 1e-9)), int(math.floor(y0 * sy + 1e-9))
+            x_end = min(in_w, int(math.ceil((x1 + 1) * sx - 1e-9)))
+            y_end = min(in_h, int(math.ceil((y1 + 1) * sy - 1e-9)))
             bbox = (x_off, y_off, x_end - x_off, y_end - y_off)
-            centroid = ((cxs / a + 0.5) * sx - 0.5, (cys / a + 0.5) * sy - 0.5)
+            centroid = ((cx_sum / a + 0.5) * sx - 0.5, (cy_sum / a + 0.5) * sy - 0.5)
             mean = inside / a
         else:
             bbox, centroid, mean = (0, 0, 0, 0), (math.nan, math.nan), 0.0
-        stats.append(PromptStats(prompt=str(prompts[k]), max_score=mx, mean_score=mean,
-                                 area_fraction=a / total, detected=mx >= threshold, bbox=bbox,
-                                 centroid=centroid))
-    return SegmentationResult(prompts=list(prompts), masks=masks.cpu().numpy(), label=label.cpu().numpy(),
-                              stats=stats, threshold=float(threshold), image_size=(in_h, in_w))
+        stats.append(PromptStats(prompt=str(prompts[k]), max_score=float(mx), mean_score=float(mean),
+                                 area_fraction=float(a / total), detected=bool(mx >= threshold),
+                                 bbox=bbox, centroid=(float(centroid[0]), float(centroid[1]))))
+    return stats
 
 
 def palette(n: int) -> np.ndarray:

@@ -1,7 +1,18 @@
 """Shared fixtures: a tiny random CLIPSeg checkpoint saved once per test session."""
 
+import os
+import random
+import sys
+
 import numpy as np
 import pytest
+
+# Isolate this test run's DDS traffic from anything else on the machine (parallel CI runs, a
+# developer's robot session), and let large images cross between processes: Fast DDS's default
+# transports drop large best-effort samples. Set before rclpy initialises; subprocesses inherit.
+os.environ.setdefault("ROS_DOMAIN_ID", str(random.Random(os.getpid()).randint(1, 100)))
+os.environ.setdefault("FASTDDS_BUILTIN_TRANSPORTS", "LARGE_DATA")
+os.environ.setdefault("AMENT_PREFIX_PATH", sys.prefix)
 
 
 @pytest.fixture(scope="session")

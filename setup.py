@@ -1,0 +1,32 @@
+from glob import glob
+
+from setuptools import find_packages, setup
+
+PACKAGE = "clipseg_ros"
+
+setup(
+    name=PACKAGE,
+    version="0.1.0",
+    packages=find_packages(include=[PACKAGE, f"{PACKAGE}.*"]),
+    data_files=[
+        ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
+        (f"share/{PACKAGE}", ["package.xml"]),
+        (f"share/{PACKAGE}/launch", glob("launch/*.launch.py")),
+        (f"share/{PACKAGE}/config", glob("config/*.yaml") + glob("config/*.rviz")),
+    ],
+    # torch and transformers are installed with pip on the robot (its CUDA build of torch);
+    # the ROS dependencies come from rosdep (package.xml).
+    install_requires=["setuptools", "numpy", "pillow", "opencv-python-headless", "transformers>=4.46",
+                      "safetensors"],
+    zip_safe=True,
+    maintainer="clipseg_ros maintainers",
+    maintainer_email="maintainers@clipseg-ros.invalid",
+    description="Open-vocabulary segmentation node (CLIPSeg) for ROS 2",
+    license="Apache-2.0",
+    entry_points={
+        "console_scripts": [
+            "clipseg_node = clipseg_ros.node:main",
+            "clipseg_demo = clipseg_ros.demo:main",
+        ],
+    },
+)

@@ -1,0 +1,120 @@
+"""Post-processing on hand-made probability maps where the answers are known exactly."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from clipseg_ros.postprocess import (empty_result, label_from_masks, palette, postprocess_logits,
+                                     render_overlay)
+
+
+def logits_from_probs(probs):
+    p = torch.as_tensor(np.clip(probs, 1e-6, 1 - 1e-6), dtype=torch.float32)
+    return torch.log(p / (1 - p))
+
+
+def square_map(grid=(8, 8), box=(2, 1, 3, 4), inside=0.9, outside=0.1):
+    """Probability grid with a box (x, y, w, h) at ``inside`` and the rest at ``outside``."""
+    p = np.full(grid, outside, np.float32)
+    x, y, w, h = box
+    p[y:y + h, x:x + w] = inside
+    return p
+
+
+def test_stats_of_a_box_on_the_input_grid():
+    probs = square_map()[None]
+    r = postprocess_logits(logits_from_probs(probs), ["box"], (8, 8), threshold=0.5)
+    s = r.stats[0]
+    assert s.bbox == (2, 1, 3, 4)
+    assert s.centroid == pytest.approx((3.0, 2.5))
+    assert s.area_fraction == pytest.approx(12 / 64)
+    assert s.mean_score == pytest.approx(0.9, abs=1e-5)
+    assert s.max_score == pytest.approx(0.9, abs=1e-5)
+    assert s.detected
+    assert r.masks.shape == (1, 8, 8) and r.masks[0, 1, 2] == round(0.9 * 255) and r.masks[0, 0, 0] == round(0.1 * 255)
+    assert (r.label == (r.masks[0] >= 128)).all()
+
+
+def test_stats_scale_to_input_pixels():
+    probs = square_map()[None]  # model grid 8x8, input 32x16 (w x h): x*4, y*2
+    r = postprocess_logits(logits_from_probs(probs), ["box"], (16, 32), threshold=0.5)
+    s = r.stats[0]
+    assert s.bbox == (8, 2, 12, 8)
+    assert s.centroid == pytest.approx((13.5, 5.5))  # pixel centres of the covered input block
+    assert r.masks.shape == (1, 16, 32) and r.label.shape == (16, 32)
+    # The same stats whatever grid the masks are published on.
+    m = postprocess_logits(logits_from_probs(probs), ["box"], (16, 32), threshold=0.5, output_size=(8, 8))
+    assert m.stats == r.stats and m.masks.shape == (1, 8, 8)
+
+
+def test_empty_mask_stats():
+    probs = np.full((1, 8, 8), 0.2, np.float32)
+    s = postprocess_logits(logits_from_probs(probs), ["none"], (8, 8), threshold=0.5).stats[0]
+    assert s.bbox == (0, 0, 0, 0) and math.isnan(s.centroid[0]) and math.isnan(s.centroid[1])
+    assert s.area_fraction == 0 and s.mean_score == 0 and not s.detected
+    assert s.max_score == pytest.approx(0.2, abs=1e-5)
+
+
+def test_label_argmax_and_threshold():
+    a = square_map(box=(0, 0, 4, 8), inside=0.8, outside=0.05)
+    b = square_map(box=(2, 0, 4, 8), inside=0.9, outside=0.05)
+    r = postprocess_logits(logits_from_probs(np.stack([a, b])), ["a", "b"], (8, 8), threshold=0.5)
+    assert (r.label[:, 0:2] == 1).all()  # only a
+    assert (r.label[:, 2:6] == 2).all()  # b wins the overlap
+    assert (r.label[:, 6:] == 0).all()  # neither reaches the threshold
+
+
+def test_label_ties_go_to_lower_index_and_threshold_is_inclusive():
+    masks = np.array([[[102, 50]], [[102, 101]]], np.uint8)
+    assert label_from_masks(masks, 0.4).tolist() == [[1, 0]]
+    assert label_from_masks(np.zeros((0, 2, 3), np.uint8), 0.4).shape == (2, 3)
+
+
+def test_label_matches_numpy_argmax_on_random_masks():
+    rng = np.random.default_rng(0)
+    masks = rng.integers(0, 256, (7, 30, 40), dtype=np.uint8)
+    ref = masks.argmax(0).astype(np.uint8) + 1
+    ref[masks.max(0) < 128] = 0
+    assert np.array_equal(label_from_masks(masks, 0.5), ref)
+
+
+def test_upsampling_is_bilinear_half_pixel():
+    probs = np.array([[[0.0, 1.0]]], np.float32)  # 1x2 grid -> 1x4: 0, .25, .75, 1
+    r = postprocess_logits(logits_from_probs(probs), ["p"], (1, 4), threshold=0.5)
+    assert r.masks[0, 0].tolist() == pytest.approx([0, 64, 191, 255], abs=1)
+
+
+def test_fp16_logits_are_processed_in_float32():
+    probs = square_map()[None]
+    r16 = postprocess_logits(logits_from_probs(probs).half(), ["box"], (8, 8), threshold=0.5)
+    assert r16.stats[0].bbox == (2, 1, 3, 4)
+
+
+def test_empty_result():
+    r = empty_result((5, 7), 0.4)
+    assert r.masks.shape == (0, 5, 7) and r.label.shape == (5, 7) and r.stats == []
+
+
+def test_overlay_tints_labelled_pixels_and_draws_legend():
+    img = np.full((120, 160, 3), 100, np.uint8)
+    label = np.zeros((120, 160), np.uint8)
+    label[60:, 80:] = 1
+    out = render_overlay(img, label, ["cup"], alpha=0.5)
+    colour = palette(1)[0].astype(int)
+    expected = (100 * 0.5 + colour * 0.5).round()
+    assert np.abs(out[100, 140].astype(int) - expected).max() <= 1
+    assert (out[100, 10] == 100).all()  # background untouched
+    assert (out[8:14, 8:14] == colour).all(axis=-1).any()  # legend swatch
+    assert img[100, 140].tolist() == [100, 100, 100]  # input not modified
+    # A label on the model grid is resized to the image.
+    small = np.zeros((12, 16), np.uint8)
+    small[6:, 8:] = 1
+    out2 = render_overlay(img, small, ["cup"], alpha=0.5)
+    assert np.abs(out2[100, 140].astype(int) - expected).max() <= 1
+
+
+def test_palette_distinct():
+    p = palette(8)
+    assert p.shape == (8, 3) and len({tuple(c) for c in p}) == 8
