@@ -276,7 +276,9 @@ class SegmentationEngine:
         # Imported here so that importing this module (e.g. for PromptSet or preprocessing)
         # does not pay for transformers' import.
         from transformers import AutoImageProcessor, AutoTokenizer, CLIPSegForImageSegmentation
+        from transformers.utils import logging as hf_logging
 
+        hf_logging.disable_progress_bar()  # a node's log is no terminal
         set_num_threads(num_threads)
         torch_device = resolve_device(device)
         torch_dtype = resolve_dtype(dtype, torch_device)
