@@ -1,0 +1,116 @@
+"""Helpers for tests that talk to a real node over real DDS (no mocks)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def wait_for(predicate, timeout: float, interval: float = 0.02, what: str = "condition"):
+    """Poll ``predicate`` until it returns a truthy value or ``timeout`` passes (then fail)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.1f} s waiting for {what}")
+        time.sleep(interval)
+
+
+class NodeProcess:
+    """``python -m clipseg_ros.node`` in a subprocess, with its log kept for assertions."""
+
+    def __init__(self, name: str, params: dict, log_dir: Path, remaps: dict | None = None):
+        self.name = name
+        self.log_path = Path(log_dir) / f"{name}.log"
+        args = [sys.executable, "-m", "clipseg_ros.node", "--ros-args", "-r", f"__node:={name}"]
+        for key, value in params.items():
+            args += ["-p", f"{key}:={_param_text(value)}"]
+        for src, dst in (remaps or {}).items():
+            args += ["-r", f"{src}:={dst}"]
+        self._log = open(self.log_path, "w")
+        env = dict(os.environ, PYTHONUNBUFFERED="1", RCUTILS_LOGGING_BUFFERED_STREAM="0")
+        self.proc = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT, env=env,
+                                     start_new_session=True)
+
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        def ready():
+            if self.proc.poll() is not None:
+                raise AssertionError(f"node exited with {self.proc.returncode}:\n{self.log()}")
+            return "segmenting" in self.log()
+
+        wait_for(ready, timeout, 0.1, f"node {self.name} to start")
+
+    def stop(self, timeout: float = 10.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+        return self.proc.returncode
+
+
+def _param_text(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(f"'{v}'" for v in value) + "]"
+    return str(value)
+
+
+class RosClient:
+    """An rclpy node spun in a background thread, for publishing to and listening to the node."""
+
+    def __init__(self, name: str = "test_client"):
+        import rclpy
+        from rclpy.executors import SingleThreadedExecutor
+        from rclpy.node import Node
+
+        self.node = Node(name)
+        self.executor = SingleThreadedExecutor()
+        self.executor.add_node(self.node)
+        self._thread = threading.Thread(target=self._spin, daemon=True)
+        self._running = True
+        self._rclpy = rclpy
+        self._thread.start()
+
+    def _spin(self):
+        while self._running and self._rclpy.ok():
+            self.executor.spin_once(timeout_sec=0.05)
+
+    def collect(self, msg_type, topic: str, qos=10) -> list:
+        """Subscribe and return the list that received messages are appended to."""
+        received: list = []
+        self.node.create_subscription(msg_type, topic, received.append, qos)
+        return received
+
+    def call(self, client, request, timeout: float = 30.0):
+        wait_for(lambda: client.wait_for_service(timeout_sec=0.1), timeout, what=f"service {client.srv_name}")
+        future = client.call_async(request)
+        wait_for(future.done, timeout, what=f"reply from {client.srv_name}")
+        return future.result()
+
+    def close(self):
+        self._running = False
+        self._thread.join(timeout=2)
+        self.executor.remove_node(self.node)
+        self.node.destroy_node()
+
+
+def make_image(h: int, w: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 256, (h, w, 3), dtype=np.uint8)

@@ -1,0 +1,276 @@
+"""The node over real rclpy + DDS: a subprocess node with a tiny random model, a test client
+publishing camera images and changing prompts by topic, service and parameter."""
+
+import math
+import threading
+import time
+
+import numpy as np
+import pytest
+
+rclpy = pytest.importorskip("rclpy")
+
+from rcl_interfaces.srv import GetParameters, SetParameters  # noqa: E402
+from rclpy.parameter import Parameter  # noqa: E402
+from sensor_msgs.msg import CompressedImage, Image  # noqa: E402
+from std_msgs.msg import String  # noqa: E402
+
+from clipseg_ros.conversions import cv2_to_compressed_imgmsg, cv2_to_imgmsg, imgmsg_to_cv2  # noqa: E402
+from clipseg_ros.node import camera_name_from_topic, parse_prompt_text  # noqa: E402
+from clipseg_ros_interfaces.msg import Confidences, Segmentation  # noqa: E402
+from clipseg_ros_interfaces.srv import SetPrompts  # noqa: E402
+from ros_helpers import NodeProcess, RosClient, make_image, wait_for  # noqa: E402
+
+NODE = "clipseg_test"
+
+
+@pytest.fixture(scope="module")
+def ros():
+    rclpy.init()
+    yield
+    rclpy.shutdown()
+
+
+@pytest.fixture(scope="module")
+def client(ros):
+    c = RosClient("clipseg_test_client")
+    yield c
+    c.close()
+
+
+@pytest.fixture(scope="module")
+def node(tiny_checkpoint, tmp_path_factory, ros):
+    proc = NodeProcess(NODE, {"model": str(tiny_checkpoint), "prompts": ["cup", "door handle"], "rate": 0.0,
+                              "image_topics": ["/test_cam/image_raw"]}, tmp_path_factory.mktemp("logs"))
+    proc.wait_ready()
+    yield proc
+    assert proc.stop() == 0, proc.log()
+    assert "Traceback" not in proc.log()
+
+
+class Camera:
+    """Publishes numbered frames (frame_id 'seq:<n>') on a topic."""
+
+    def __init__(self, client, topic, h=48, w=64, compressed=False):
+        self.client, self.h, self.w, self.compressed = client, h, w, compressed
+        self.pub = client.node.create_publisher(CompressedImage if compressed else Image, topic, 10)
+        self.seq = 0
+
+    def publish(self, img=None):
+        img = make_image(self.h, self.w, self.seq) if img is None else img
+        if self.compressed:
+            msg = cv2_to_compressed_imgmsg(img[:, :, ::-1], "png")
+        else:
+            msg = cv2_to_imgmsg(img, "rgb8")
+        msg.header.frame_id = f"seq:{self.seq}"
+        msg.header.stamp.sec, msg.header.stamp.nanosec = 1000 + self.seq, 12345
+        self.pub.publish(msg)
+        self.seq += 1
+        return msg
+
+    def publish_until(self, received, count=1, timeout=30.0, period=0.05):
+        start = len(received)
+
+        def step():
+            self.publish()
+            time.sleep(period)  # the camera's frame period, not synchronisation
+            return len(received) >= start + count
+
+        wait_for(step, timeout, 0, f"{count} results")
+        return received[start:]
+
+
+def seq_of(msg) -> int:
+    return int(msg.header.frame_id.split(":")[1])
+
+
+def set_params(client, **values):
+    srv = client.node.create_client(SetParameters, f"/{NODE}/set_parameters")
+    req = SetParameters.Request(parameters=[Parameter(k, value=v).to_parameter_msg() for k, v in values.items()])
+    return client.call(srv, req).results
+
+
+def get_param(client, name):
+    srv = client.node.create_client(GetParameters, f"/{NODE}/get_parameters")
+    value = client.call(srv, GetParameters.Request(names=[name])).values[0]
+    return Parameter.from_parameter_msg(__import__("rcl_interfaces.msg").msg.Parameter(name=name, value=value)).value
+
+
+def test_prompt_text_parsing():
+    assert parse_prompt_text(" cup; door handle\n\n;cup ;  ") == ["cup", "door handle"]
+    assert parse_prompt_text(";;\n") == []
+
+
+def test_camera_names():
+    assert camera_name_from_topic("/front/color/image_raw", 0) == "front_color"
+    assert camera_name_from_topic("/image", 1) == "camera1"
+    assert camera_name_from_topic("/left/image_raw/compressed", 0) == "left"
+
+
+def test_outputs_match_input(node, client):
+    segs = client.collect(Segmentation, f"/{NODE}/segmentation")
+    confs = client.collect(Confidences, f"/{NODE}/confidences")
+    labels = client.collect(Image, f"/{NODE}/label")
+    overlays = client.collect(Image, f"/{NODE}/overlay")
+    cam = Camera(client, "/test_cam/image_raw", h=45, w=70)
+    seg = cam.publish_until(segs)[0]
+    wait_for(lambda: confs and labels and overlays, 10, what="all outputs")
+
+    seq = seq_of(seg)
+    assert seg.header.stamp.sec == 1000 + seq and seg.header.stamp.nanosec == 12345
+    assert list(seg.prompts) == ["cup", "door handle"]
+    assert len(seg.masks) == len(seg.confidences) == 2
+    assert 0.0 < seg.threshold < 1.0 and seg.inference_ms > 0
+    masks = [imgmsg_to_cv2(m) for m in seg.masks]
+    label = imgmsg_to_cv2(seg.label)
+    for m in seg.masks + [seg.label]:
+        assert (m.height, m.width, m.encoding) == (45, 70, "mono8")
+        assert m.header.frame_id == seg.header.frame_id
+    assert label.max() <= 2
+    level = math.ceil(seg.threshold * 255)
+    for k, (conf, mask) in enumerate(zip(seg.confidences, masks)):
+        assert conf.prompt == seg.prompts[k]
+        assert abs(conf.max_score - mask.max() / 255) < 0.02
+        assert abs(conf.area_fraction - (mask >= level).mean()) < 0.05
+        assert conf.detected == (conf.max_score >= seg.threshold)
+        if conf.area_fraction > 0:
+            assert 0 <= conf.bbox.x_offset and conf.bbox.x_offset + conf.bbox.width <= 70
+            assert 0 <= conf.centroid_x < 70 and 0 <= conf.centroid_y < 45
+    # label agrees with masks: where labelled k, mask k is the largest and above threshold
+    ys, xs = np.nonzero(label)
+    for y, x in list(zip(ys, xs))[:50]:
+        k = label[y, x] - 1
+        assert masks[k][y, x] >= level and masks[k][y, x] == max(m[y, x] for m in masks)
+    conf_msg = next(c for c in confs if c.header.frame_id == seg.header.frame_id)
+    assert [c.prompt for c in conf_msg.confidences] == ["cup", "door handle"]
+    overlay = next(o for o in overlays if o.header.frame_id == seg.header.frame_id)
+    assert (overlay.encoding, overlay.height, overlay.width) == ("bgr8", 45, 70)
+
+
+def test_prompts_by_topic_service_and_parameter_stay_in_sync(node, client):
+    segs = client.collect(Segmentation, f"/{NODE}/segmentation")
+    cam = Camera(client, "/test_cam/image_raw")
+    prompt_pub = client.node.create_publisher(String, f"/{NODE}/prompts", 10)
+
+    def active_prompts_become(expected):
+        def check():
+            cam.publish()
+            time.sleep(0.05)
+            return segs and list(segs[-1].prompts) == expected
+        wait_for(check, 30, 0, f"prompts {expected}")
+        assert get_param(client, "prompts") == [p for p in expected if not p.startswith("img:")]
+
+    # topic: ';' and newline separated, trimmed, duplicates dropped
+    wait_for(lambda: prompt_pub.get_subscription_count() > 0, 10, what="prompt subscriber")
+    prompt_pub.publish(String(data=" mug ;\nbottle;; mug "))
+    active_prompts_become(["mug", "bottle"])
+
+    # parameter
+    assert set_params(client, prompts=["chair"])[0].successful
+    active_prompts_become(["chair"])
+
+    # service: text + image prompts in one call
+    srv = client.node.create_client(SetPrompts, f"/{NODE}/set_prompts")
+    example = cv2_to_imgmsg(make_image(30, 30, 99), "rgb8")
+    reply = client.call(srv, SetPrompts.Request(prompts=["table", "lamp"], image_prompts=[example],
+                                                image_prompt_names=["img:example"]))
+    assert reply.success, reply.message
+    assert list(reply.active_prompts) == ["table", "lamp", "img:example"]
+    active_prompts_become(["table", "lamp", "img:example"])
+
+    # a refused request changes nothing
+    bad = client.call(srv, SetPrompts.Request(prompts=["x"], image_prompts=[example], image_prompt_names=[]))
+    assert not bad.success and "image_prompt_names" in bad.message
+    assert list(bad.active_prompts) == ["table", "lamp", "img:example"]
+    active_prompts_become(["table", "lamp", "img:example"])
+
+    # ~/prompt_image adds a visual prompt named by frame_id
+    img_pub = client.node.create_publisher(Image, f"/{NODE}/prompt_image", 10)
+    wait_for(lambda: img_pub.get_subscription_count() > 0, 10, what="prompt_image subscriber")
+    example.header.frame_id = "img:second"
+    img_pub.publish(example)
+    active_prompts_become(["table", "lamp", "img:example", "img:second"])
+
+    # back to plain text prompts for the other tests
+    reply = client.call(srv, SetPrompts.Request(prompts=["cup", "door handle"]))
+    assert reply.success and list(reply.active_prompts) == ["cup", "door handle"]
+    active_prompts_become(["cup", "door handle"])
+
+
+def test_invalid_parameters_are_rejected_and_old_values_kept(node, client):
+    for name, value in [("threshold", 2.0), ("mask_resolution", "bogus"), ("prompt_template", "no slot"),
+                        ("prompts", ["ok", ""]), ("rate", -1.0)]:
+        result = set_params(client, **{name: value})[0]
+        assert not result.successful, name
+    assert get_param(client, "threshold") == pytest.approx(0.4)
+    assert get_param(client, "mask_resolution") == "input"
+    assert get_param(client, "prompts") == ["cup", "door handle"]
+    assert not set_params(client, model="other")[0].successful  # read-only
+
+
+def test_mask_resolution_model_and_template(node, client):
+    segs = client.collect(Segmentation, f"/{NODE}/segmentation")
+    cam = Camera(client, "/test_cam/image_raw", h=45, w=70)
+    assert set_params(client, mask_resolution="model", prompt_template="a photo of a {}.")[0].successful
+    try:
+        def model_grid():
+            cam.publish()
+            time.sleep(0.05)
+            return segs and segs[-1].masks and segs[-1].masks[0].width == 352
+        wait_for(model_grid, 30, 0, "352x352 masks")
+        assert list(segs[-1].prompts) == ["cup", "door handle"]  # names stay untemplated
+    finally:
+        assert set_params(client, mask_resolution="input", prompt_template="{}")[0].successful
+
+
+def test_throttled_to_rate_and_always_newest_frame(node, client):
+    segs = client.collect(Segmentation, f"/{NODE}/segmentation")
+    assert set_params(client, rate=2.0)[0].successful
+    cam = Camera(client, "/test_cam/image_raw")
+    published_at: list[tuple[float, int]] = []
+    received_at: list[tuple[float, int]] = []
+    client.node.create_subscription(
+        Segmentation, f"/{NODE}/segmentation", lambda m: received_at.append((time.monotonic(), seq_of(m))), 10)
+    try:
+        cam.publish_until(segs, timeout=30, period=1 / 30)  # first output: discovery done
+        start = time.monotonic()
+        received_at.clear()
+        while time.monotonic() - start < 4.0:  # a 30 Hz camera for 4 s
+            cam.publish()
+            published_at.append((time.monotonic(), cam.seq - 1))
+            time.sleep(1 / 30)
+    finally:
+        assert set_params(client, rate=0.0)[0].successful
+    n = len(received_at)
+    assert 6 <= n <= 10, f"{n} outputs in 4 s at rate 2"
+    for t_recv, seq in received_at:
+        newest_before = max(s for t, s in published_at if t <= t_recv) if published_at[0][0] <= t_recv else 0
+        # processed the newest frame available when the loop woke (a few frame periods of slack
+        # for inference and transport), never an old queued one
+        assert seq >= newest_before - 6, (seq, newest_before)
+    gaps = [b[1] - a[1] for a, b in zip(received_at, received_at[1:])]
+    assert min(gaps) >= 8, gaps  # ~15 frames apart at 30 Hz / 2 Hz: older frames were dropped
+
+
+def test_two_cameras_one_compressed(tiny_checkpoint, tmp_path, client):
+    name = "clipseg_two_cams"
+    proc = NodeProcess(name, {"model": str(tiny_checkpoint), "prompts": ["cup"], "rate": 0.0,
+                              "image_topics": ["/front/color/image_raw", "/left/image_raw/compressed"]}, tmp_path)
+    try:
+        proc.wait_ready()
+        front = client.collect(Segmentation, f"/{name}/front_color/segmentation")
+        left = client.collect(Segmentation, f"/{name}/left/segmentation")
+        cam_a = Camera(client, "/front/color/image_raw", h=40, w=60)
+        cam_b = Camera(client, "/left/image_raw/compressed", h=30, w=50, compressed=True)
+
+        def both():
+            cam_a.publish()
+            cam_b.publish()
+            time.sleep(0.05)
+            return front and left
+        wait_for(both, 40, 0, "outputs for both cameras")
+        assert (front[-1].masks[0].height, front[-1].masks[0].width) == (40, 60)
+        assert (left[-1].masks[0].height, left[-1].masks[0].width) == (30, 50)
+        assert list(left[-1].prompts) == ["cup"]
+    finally:
+        assert proc.stop() == 0, proc.log()
