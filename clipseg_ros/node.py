@@ -66,6 +66,42 @@ def camera_name_from_topic(topic: str, index: int) -> str:
     return name
 
 
+def parameter_specs() -> list[tuple[str, object, ParameterDescriptor]]:
+    """(name, default, descriptor) of every parameter the node declares; default None means an
+    empty string array (rclpy cannot type an empty list)."""
+    def desc(text, ptype, read_only=False, **extra):
+        return ParameterDescriptor(description=text, type=ptype, read_only=read_only, **extra)
+
+    S, D, B, I = (ParameterType.PARAMETER_STRING, ParameterType.PARAMETER_DOUBLE,
+                  ParameterType.PARAMETER_BOOL, ParameterType.PARAMETER_INTEGER)
+    SA = ParameterType.PARAMETER_STRING_ARRAY
+    unit = [FloatingPointRange(from_value=0.0, to_value=1.0, step=0.0)]
+    return [
+        ("model", DEFAULT_MODEL, desc("hub id or local directory of a CLIPSeg checkpoint (safetensors)", S, True)),
+        ("device", "auto", desc("auto | cpu | cuda | cuda:<index>", S, True)),
+        ("dtype", "auto", desc("auto (fp16 on CUDA, fp32 on CPU) | float32 | float16 | bfloat16", S, True)),
+        ("prompts", None, desc("text prompts; change at runtime (also via ~/prompts, ~/set_prompts)", SA)),
+        ("prompt_template", "{}", desc("template applied to each text prompt, e.g. 'a photo of a {}.'", S)),
+        ("max_prompts", 32, desc("most prompts (text + image) accepted at once", I,
+                                 integer_range=[IntegerRange(from_value=1, to_value=MAX_LABELS, step=1)])),
+        ("image_topics", ["image"], desc("camera topics; a name ending in /compressed is a CompressedImage", SA,
+                                         True)),
+        ("camera_names", None, desc("output namespace per camera; empty = derived from the topics", SA, True)),
+        ("rate", 5.0, desc("segmentation rate in Hz (0 = as fast as the model allows)", D,
+                           floating_point_range=[FloatingPointRange(from_value=0.0, to_value=1000.0, step=0.0)])),
+        ("threshold", 0.4, desc("probability threshold for masks, label and detection", D,
+                                floating_point_range=unit)),
+        ("input_qos", "sensor_data", desc("sensor_data | reliable | system_default", S, True)),
+        ("publish_masks", True, desc("per-prompt masks inside ~/segmentation", B)),
+        ("publish_label", True, desc("publish ~/label", B)),
+        ("publish_overlay", True, desc("publish ~/overlay (bgr8 with legend, for RViz)", B)),
+        ("overlay_alpha", 0.5, desc("overlay tint opacity", D, floating_point_range=unit)),
+        ("mask_resolution", "input", desc("input (masks at camera size) | model (352x352)", S)),
+        ("num_threads", 0, desc("torch CPU threads (0 = torch default)", I,
+                                integer_range=[IntegerRange(from_value=0, to_value=256, step=1)])),
+    ]
+
+
 def _qos_for(name: str) -> QoSProfile:
     if name == "sensor_data":
         return qos_profile_sensor_data
@@ -141,38 +177,7 @@ class ClipSegNode(Node):
 
     # ------------------------------------------------------------------ parameters
     def _declare_parameters(self) -> None:
-        def desc(text, ptype, read_only=False, **extra):
-            return ParameterDescriptor(description=text, type=ptype, read_only=read_only, **extra)
-
-        S, D, B, I = (ParameterType.PARAMETER_STRING, ParameterType.PARAMETER_DOUBLE,
-                      ParameterType.PARAMETER_BOOL, ParameterType.PARAMETER_INTEGER)
-        SA = ParameterType.PARAMETER_STRING_ARRAY
-        unit = [FloatingPointRange(from_value=0.0, to_value=1.0, step=0.0)]
-        specs = [
-            ("model", DEFAULT_MODEL, desc("hub id or local directory of a CLIPSeg checkpoint (safetensors)", S, True)),
-            ("device", "auto", desc("auto | cpu | cuda | cuda:<index>", S, True)),
-            ("dtype", "auto", desc("auto (fp16 on CUDA, fp32 on CPU) | float32 | float16 | bfloat16", S, True)),
-            ("prompts", None, desc("text prompts; change at runtime (also via ~/prompts, ~/set_prompts)", SA)),
-            ("prompt_template", "{}", desc("template applied to each text prompt, e.g. 'a photo of a {}.'", S)),
-            ("max_prompts", 32, desc("most prompts (text + image) accepted at once", I,
-                                     integer_range=[IntegerRange(from_value=1, to_value=MAX_LABELS, step=1)])),
-            ("image_topics", ["image"], desc("camera topics; a name ending in /compressed is a CompressedImage", SA,
-                                             True)),
-            ("camera_names", None, desc("output namespace per camera; empty = derived from the topics", SA, True)),
-            ("rate", 5.0, desc("segmentation rate in Hz (0 = as fast as the model allows)", D,
-                               floating_point_range=[FloatingPointRange(from_value=0.0, to_value=1000.0, step=0.0)])),
-            ("threshold", 0.4, desc("probability threshold for masks, label and detection", D,
-                                    floating_point_range=unit)),
-            ("input_qos", "sensor_data", desc("sensor_data | reliable | system_default", S, True)),
-            ("publish_masks", True, desc("per-prompt masks inside ~/segmentation", B)),
-            ("publish_label", True, desc("publish ~/label", B)),
-            ("publish_overlay", True, desc("publish ~/overlay (bgr8 with legend, for RViz)", B)),
-            ("overlay_alpha", 0.5, desc("overlay tint opacity", D, floating_point_range=unit)),
-            ("mask_resolution", "input", desc("input (masks at camera size) | model (352x352)", S)),
-            ("num_threads", 0, desc("torch CPU threads (0 = torch default)", I,
-                                    integer_range=[IntegerRange(from_value=0, to_value=256, step=1)])),
-        ]
-        for name, default, descriptor in specs:
+        for name, default, descriptor in parameter_specs():
             if default is None:  # rclpy types [] as a byte array: declare by type, then set to []
                 declared = self.declare_parameter(name, Parameter.Type.STRING_ARRAY, descriptor)
                 if declared.value is None and not descriptor.read_only:

@@ -28,10 +28,13 @@ def wait_for(predicate, timeout: float, interval: float = 0.02, what: str = "con
 class NodeProcess:
     """``python -m clipseg_ros.node`` in a subprocess, with its log kept for assertions."""
 
-    def __init__(self, name: str, params: dict, log_dir: Path, remaps: dict | None = None):
+    def __init__(self, name: str, params: dict, log_dir: Path, remaps: dict | None = None,
+                 params_file: str | None = None):
         self.name = name
         self.log_path = Path(log_dir) / f"{name}.log"
         args = [sys.executable, "-m", "clipseg_ros.node", "--ros-args", "-r", f"__node:={name}"]
+        if params_file:
+            args += ["--params-file", str(params_file)]
         for key, value in params.items():
             args += ["-p", f"{key}:={_param_text(value)}"]
         for src, dst in (remaps or {}).items():

@@ -2,8 +2,8 @@
 publishing camera images and changing prompts by topic, service and parameter."""
 
 import math
-import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -255,7 +255,8 @@ def test_throttled_to_rate_and_always_newest_frame(node, client):
 def test_two_cameras_one_compressed(tiny_checkpoint, tmp_path, client):
     name = "clipseg_two_cams"
     proc = NodeProcess(name, {"model": str(tiny_checkpoint), "prompts": ["cup"], "rate": 0.0,
-                              "image_topics": ["/front/color/image_raw", "/left/image_raw/compressed"]}, tmp_path)
+                              "image_topics": ["/front/color/image_raw", "/left/image_raw/compressed"]}, tmp_path,
+                       params_file=Path(__file__).resolve().parents[1] / "config" / "clipseg.yaml")
     try:
         proc.wait_ready()
         front = client.collect(Segmentation, f"/{name}/front_color/segmentation")

@@ -1,0 +1,65 @@
+"""config/clipseg.yaml and launch/clipseg.launch.py name only parameters the node declares.
+
+The launch package is not installable here: the launch file is parsed, not executed (and
+built for real where `launch` is importable).
+"""
+
+import ast
+from pathlib import Path
+
+import pytest
+import yaml
+
+from clipseg_ros.node import parameter_specs
+
+ROOT = Path(__file__).resolve().parents[1]
+DECLARED = {name: default for name, default, _ in parameter_specs()}
+LAUNCH_ONLY = {"image", "params_file", "namespace", "rviz"}  # remap, file, namespace, extra process
+
+
+def launch_arguments():
+    tree = ast.parse((ROOT / "launch" / "clipseg.launch.py").read_text())
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "ARGUMENTS" for t in node.targets):
+            return ast.literal_eval(node.value)
+    raise AssertionError("ARGUMENTS not found in the launch file")
+
+
+def test_yaml_keys_are_declared_parameters_with_matching_defaults():
+    doc = yaml.safe_load((ROOT / "config" / "clipseg.yaml").read_text())
+    assert list(doc) == ["/**"], "key the file with /** so renamed nodes get it"
+    params = doc["/**"]["ros__parameters"]
+    unknown = set(params) - set(DECLARED)
+    assert not unknown, f"not declared by the node: {unknown}"
+    for name, value in params.items():
+        assert value == DECLARED[name], f"{name}: yaml {value!r} != node default {DECLARED[name]!r}"
+    # every declared parameter is documented in the file (commented-out ones too)
+    text = (ROOT / "config" / "clipseg.yaml").read_text()
+    assert all(f"{name}:" in text for name in DECLARED if name != "camera_names")
+
+
+def test_launch_arguments_map_to_declared_parameters():
+    args = launch_arguments()
+    assert LAUNCH_ONLY <= set(args)
+    assert set(args) - LAUNCH_ONLY <= set(DECLARED), set(args) - LAUNCH_ONLY - set(DECLARED)
+    for name in set(args) - LAUNCH_ONLY - {"prompts"}:
+        default = args[name][0]
+        assert str(DECLARED[name]) == default, name
+
+
+def test_launch_and_config_are_installed():
+    setup = (ROOT / "setup.py").read_text()
+    assert "launch/*.launch.py" in setup and "config/*.yaml" in setup and "config/*.rviz" in setup
+    rviz = yaml.safe_load((ROOT / "config" / "clipseg.rviz").read_text())
+    topics = [d["Topic"]["Value"] for d in rviz["Visualization Manager"]["Displays"]]
+    assert topics == ["/clipseg/overlay", "/clipseg/label"]
+
+
+def test_launch_description_builds_where_launch_is_installed():
+    pytest.importorskip("launch_ros", reason="launch_ros is not on PyPI; checked by parsing above")
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("clipseg_launch", ROOT / "launch" / "clipseg.launch.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.generate_launch_description().entities
