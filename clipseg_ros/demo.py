@@ -26,7 +26,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -35,6 +34,7 @@ import numpy as np
 
 from clipseg_ros.engine import DEFAULT_MODEL
 from clipseg_ros.random_checkpoint import is_untrained, make_random_checkpoint
+from clipseg_ros.spinner import BackgroundSpinner
 
 DEFAULT_PROMPTS = "cup;cat;person;rocket"
 SAMPLE_PHOTOS = ("coffee", "chelsea", "astronaut", "rocket")
@@ -174,7 +174,6 @@ def play(frames, prompts, output: Path, args, node) -> list[dict]:
     """Publish each frame at camera rate until the node's result for it arrives; save results."""
     import rclpy
     from clipseg_ros_interfaces.msg import Segmentation
-    from rclpy.executors import SingleThreadedExecutor
     from rclpy.node import Node
     from rclpy.qos import qos_profile_sensor_data
     from sensor_msgs.msg import Image
@@ -189,10 +188,7 @@ def play(frames, prompts, output: Path, args, node) -> list[dict]:
     player.create_subscription(Segmentation, "/clipseg/segmentation",
                                lambda m: results.setdefault(m.header.frame_id, m), 10)
     player.create_subscription(Image, "/clipseg/overlay", lambda m: overlays.setdefault(m.header.frame_id, m), 10)
-    executor = SingleThreadedExecutor()
-    executor.add_node(player)
-    spinner = threading.Thread(target=lambda: executor.spin(), daemon=True)
-    spinner.start()
+    spinner = BackgroundSpinner(player)
     records = []
     deadline = time.monotonic() + args.timeout
     period = 1.0 / args.camera_hz
@@ -223,7 +219,7 @@ def play(frames, prompts, output: Path, args, node) -> list[dict]:
                 for c in seg.confidences]})
             print(f"demo: {name}: {seg.inference_ms:.0f} ms", flush=True)
     finally:
-        executor.shutdown()
+        spinner.stop()
         player.destroy_node()
         rclpy.try_shutdown()
     return records

@@ -17,6 +17,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+import cv2
 import rclpy
 from rcl_interfaces.msg import (FloatingPointRange, IntegerRange, ParameterDescriptor, ParameterType,
                                 SetParametersResult)
@@ -439,7 +440,7 @@ class ClipSegNode(Node):
             if settings["publish_label"]:
                 pubs["label"].publish(messages.label_msg(result, header))
             if settings["publish_overlay"]:
-                overlay = render_overlay(rgb[:, :, ::-1], result.label, result.prompts,
+                overlay = render_overlay(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), result.label, result.prompts,
                                          alpha=settings["overlay_alpha"],
                                          scores=[s.max_score for s in result.stats])
                 pubs["overlay"].publish(cv2_to_imgmsg(overlay, "bgr8", header))

@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -79,21 +78,12 @@ class RosClient:
     """An rclpy node spun in a background thread, for publishing to and listening to the node."""
 
     def __init__(self, name: str = "test_client"):
-        import rclpy
-        from rclpy.executors import SingleThreadedExecutor
         from rclpy.node import Node
 
-        self.node = Node(name)
-        self.executor = SingleThreadedExecutor()
-        self.executor.add_node(self.node)
-        self._thread = threading.Thread(target=self._spin, daemon=True)
-        self._running = True
-        self._rclpy = rclpy
-        self._thread.start()
+        from clipseg_ros.spinner import BackgroundSpinner
 
-    def _spin(self):
-        while self._running and self._rclpy.ok():
-            self.executor.spin_once(timeout_sec=0.05)
+        self.node = Node(name)
+        self._spinner = BackgroundSpinner(self.node)
 
     def collect(self, msg_type, topic: str, qos=10) -> list:
         """Subscribe and return the list that received messages are appended to."""
@@ -108,9 +98,7 @@ class RosClient:
         return future.result()
 
     def close(self):
-        self._running = False
-        self._thread.join(timeout=2)
-        self.executor.remove_node(self.node)
+        self._spinner.stop()
         self.node.destroy_node()
 
 

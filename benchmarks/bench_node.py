@@ -1,0 +1,224 @@
+#!/usr/bin/env python3
+"""Node benchmark: per-frame overhead of the ROS layer vs. model time, and end-to-end latency.
+
+1. Overhead per frame at 640x480 and 1920x1080 with N prompts, in one process: conversion in
+   (Image -> RGB), post-processing (masks, label, stats), message filling (segmentation with
+   masks, confidences, label, overlay drawing) and publishing to a live subscriber, against the
+   engine's model time (preprocess + vision + decoder) for the same frame.
+2. End-to-end latency: the real node in a subprocess, a 30 Hz 640x480 camera, latency from the
+   image's stamp (set at publish) to the segmentation's arrival, p50/p95 per time slice (it must
+   not grow: the node always takes the newest frame and drops the rest).
+
+    python benchmarks/bench_node.py              # full-size random rd64-refined (~3 min)
+    python benchmarks/bench_node.py --quick      # tiny model, seconds
+    python benchmarks/bench_node.py --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import cv2
+import numpy as np
+
+from clipseg_ros.spinner import BackgroundSpinner
+
+
+def timed(fn, repeats):
+    out, times = None, []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        out = fn()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return out, statistics.median(times)
+
+
+def overhead(model: str, prompts: int, repeats: int) -> list[dict]:
+    import rclpy
+    from clipseg_ros_interfaces.msg import Confidences, Segmentation
+    from rclpy.node import Node
+    from sensor_msgs.msg import Image
+
+    from clipseg_ros import messages
+    from clipseg_ros.conversions import cv2_to_imgmsg, imgmsg_to_rgb8
+    from clipseg_ros.engine import SegmentationEngine
+    from clipseg_ros.node import OUTPUT_QOS
+    from clipseg_ros.postprocess import render_overlay
+
+    engine = SegmentationEngine.from_pretrained(model, device="cpu", dtype="float32")
+    prompt_set = engine.make_prompt_set([f"thing {k}" for k in range(prompts)])
+    rclpy.init()
+    pub_node, sub_node = Node("bench_pub"), Node("bench_sub")
+    pubs = {"segmentation": pub_node.create_publisher(Segmentation, "/bench/segmentation", OUTPUT_QOS),
+            "confidences": pub_node.create_publisher(Confidences, "/bench/confidences", OUTPUT_QOS),
+            "label": pub_node.create_publisher(Image, "/bench/label", OUTPUT_QOS),
+            "overlay": pub_node.create_publisher(Image, "/bench/overlay", OUTPUT_QOS)}
+    received = []
+    for name, pub in pubs.items():
+        sub_node.create_subscription(pub.msg_type, pub.topic_name, received.append, OUTPUT_QOS)
+    spinner = BackgroundSpinner(sub_node)
+    deadline = time.monotonic() + 10
+    while any(p.get_subscription_count() == 0 for p in pubs.values()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+    rows = []
+    rng = np.random.default_rng(0)
+    for w, h in [(640, 480), (1920, 1080)]:
+        msg = cv2_to_imgmsg(rng.integers(0, 256, (h, w, 3), dtype=np.uint8), "rgb8")
+        rgb, convert_ms = timed(lambda: imgmsg_to_rgb8(msg), repeats)
+        engine.segment(rgb, prompt_set)  # warm-up (position embedding cache, allocator)
+        model_ms, post_ms = [], []
+        for _ in range(repeats):
+            r = engine.segment(rgb, prompt_set)
+            model_ms.append(r.timings_ms["preprocess"] + r.timings_ms["vision"] + r.timings_ms["decoder"])
+            post_ms.append(r.timings_ms["post"])
+
+        def fill():
+            seg = messages.segmentation_msg(r, msg.header, include_masks=True, inference_ms=1.0)
+            conf = messages.confidences_msg(r, msg.header)
+            label = messages.label_msg(r, msg.header)
+            overlay = render_overlay(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), r.label, r.prompts, scores=[s.max_score for s in r.stats])
+            return seg, conf, label, cv2_to_imgmsg(overlay, "bgr8", msg.header)
+
+        built, fill_ms = timed(fill, repeats)
+
+        def publish():
+            for pub, m in zip(pubs.values(), built):
+                pub.publish(m)
+
+        _, publish_ms = timed(publish, repeats)
+        model = statistics.median(model_ms)
+        node_ms = convert_ms + statistics.median(post_ms) + fill_ms + publish_ms
+        rows.append({"size": f"{w}x{h}", "prompts": prompts, "model_ms": round(model, 1),
+                     "convert_ms": round(convert_ms, 2), "post_ms": round(statistics.median(post_ms), 2),
+                     "fill_ms": round(fill_ms, 2), "publish_ms": round(publish_ms, 2),
+                     "overhead_ms": round(node_ms, 1), "overhead_ratio": round(node_ms / model, 3)})
+        print(f"{w}x{h}: model {model:.1f} ms, node overhead {node_ms:.1f} ms ({node_ms / model:.1%}): convert "
+              f"{convert_ms:.1f}, post {statistics.median(post_ms):.1f}, fill {fill_ms:.1f}, "
+              f"publish {publish_ms:.1f}", flush=True)
+    spinner.stop()
+    pub_node.destroy_node()
+    sub_node.destroy_node()
+    rclpy.shutdown()
+    return rows
+
+
+def latency(model: str, prompts: int, seconds: float, camera_hz: float) -> dict:
+    """Real node subprocess + 30 Hz camera; latency = arrival time - image stamp."""
+    domain = str(random.randint(1, 100))
+    env = dict(os.environ, ROS_DOMAIN_ID=domain, FASTDDS_BUILTIN_TRANSPORTS="LARGE_DATA", PYTHONUNBUFFERED="1")
+    os.environ.update(ROS_DOMAIN_ID=domain, FASTDDS_BUILTIN_TRANSPORTS="LARGE_DATA")
+    names = ", ".join(f"'thing {k}'" for k in range(prompts))
+    node = subprocess.Popen([sys.executable, "-m", "clipseg_ros.node", "--ros-args", "-r", "__node:=clipseg",
+                             "-p", f"model:={model}", "-p", f"prompts:=[{names}]", "-p", "rate:=0.0",
+                             "-p", "image_topics:=[/bench/image]", "-p", "device:=cpu"],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    import rclpy
+    from clipseg_ros_interfaces.msg import Segmentation
+    from rclpy.node import Node
+    from rclpy.qos import qos_profile_sensor_data
+    from sensor_msgs.msg import Image
+
+    from clipseg_ros.conversions import cv2_to_imgmsg
+
+    rclpy.init()
+    cam = Node("bench_camera")
+    pub = cam.create_publisher(Image, "/bench/image", qos_profile_sensor_data)
+    arrivals: list[tuple[float, float]] = []  # (arrival, latency s)
+
+    def on_seg(m):
+        now = time.time()
+        arrivals.append((now, now - (m.header.stamp.sec + m.header.stamp.nanosec * 1e-9)))
+
+    cam.create_subscription(Segmentation, "/clipseg/segmentation", on_seg, 10)
+    spinner = BackgroundSpinner(cam)
+    img = np.random.default_rng(0).integers(0, 256, (480, 640, 3), dtype=np.uint8)
+    msg = cv2_to_imgmsg(img, "rgb8")
+    sent = 0
+    try:
+        deadline = time.monotonic() + 120
+        while not arrivals:  # wait for the model to load and discovery to finish
+            if node.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"node did not produce output:\n{node.stdout.read() if node.stdout else ''}")
+            msg.header.stamp = cam.get_clock().now().to_msg()
+            pub.publish(msg)
+            time.sleep(1 / camera_hz)
+        arrivals.clear()
+        start = time.monotonic()
+        next_t = start
+        while time.monotonic() - start < seconds:
+            msg.header.stamp = cam.get_clock().now().to_msg()
+            pub.publish(msg)
+            sent += 1
+            next_t += 1 / camera_hz
+            time.sleep(max(0.0, next_t - time.monotonic()))
+    finally:
+        node.send_signal(signal.SIGINT)
+        try:
+            node.wait(15)
+        except subprocess.TimeoutExpired:
+            node.kill()
+        spinner.stop()
+        cam.destroy_node()
+        rclpy.shutdown()
+    lat = [l * 1e3 for _, l in arrivals]
+    thirds = [lat[i * len(lat) // 3:(i + 1) * len(lat) // 3] for i in range(3)]
+    pct = lambda xs, q: float(np.percentile(xs, q)) if xs else float("nan")  # noqa: E731
+    result = {"seconds": seconds, "camera_hz": camera_hz, "frames_sent": sent, "outputs": len(lat),
+              "output_hz": round(len(lat) / seconds, 2), "dropped_by_design": sent - len(lat),
+              "latency_ms_p50": round(pct(lat, 50), 1), "latency_ms_p95": round(pct(lat, 95), 1),
+              "latency_ms_p50_by_third": [round(pct(t, 50), 1) for t in thirds],
+              "latency_ms_p95_by_third": [round(pct(t, 95), 1) for t in thirds]}
+    print(f"latency: {len(lat)} outputs in {seconds:.0f} s ({result['output_hz']} Hz) from {sent} frames; "
+          f"p50 {result['latency_ms_p50']} ms, p95 {result['latency_ms_p95']} ms; p50 by third "
+          f"{result['latency_ms_p50_by_third']}", flush=True)
+    return result
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="tiny model, short run")
+    parser.add_argument("--model", help="checkpoint directory (default: random rd64-refined)")
+    parser.add_argument("--prompts", type=int, default=4)
+    parser.add_argument("--seconds", type=float, default=0, help="latency run length (default 60, quick 5)")
+    parser.add_argument("--json", help="write results to this path")
+    args = parser.parse_args(argv)
+
+    from clipseg_ros.random_checkpoint import make_random_checkpoint
+
+    tmp = None
+    model = args.model
+    if model is None:
+        tmp = tempfile.TemporaryDirectory(prefix="clipseg_bench_")
+        model = str(make_random_checkpoint(tmp.name, size="tiny" if args.quick else "rd64-refined"))
+    repeats = 3 if args.quick else 5
+    rows = overhead(model, args.prompts, repeats)
+    lat = latency(model, args.prompts, args.seconds or (5.0 if args.quick else 60.0), 30.0)
+    result = {"model": "random tiny" if args.quick else (args.model or "random rd64-refined"),
+              "overhead": rows, "latency": lat}
+    print()
+    print("| input | prompts | model (ms) | node overhead (ms) | overhead / model | convert | post | fill | publish |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        print(f"| {r['size']} | {r['prompts']} | {r['model_ms']} | {r['overhead_ms']} | {r['overhead_ratio']:.1%} | "
+              f"{r['convert_ms']} | {r['post_ms']} | {r['fill_ms']} | {r['publish_ms']} |")
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(result, fh, indent=2)
+        print(f"wrote {args.json}")
+    if tmp is not None:
+        tmp.cleanup()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
