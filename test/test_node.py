@@ -1,7 +1,6 @@
 """The node over real rclpy + DDS: a subprocess node with a tiny random model, a test client
 publishing camera images and changing prompts by topic, service and parameter."""
 
-import math
 import time
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from std_msgs.msg import String  # noqa: E402
 
 from clipseg_ros.conversions import cv2_to_compressed_imgmsg, cv2_to_imgmsg, imgmsg_to_cv2  # noqa: E402
 from clipseg_ros.node import camera_name_from_topic, parse_prompt_text  # noqa: E402
+from clipseg_ros.postprocess import mask_level  # noqa: E402
 from clipseg_ros_interfaces.msg import Confidences, Segmentation  # noqa: E402
 from clipseg_ros_interfaces.srv import SetPrompts  # noqa: E402
 from ros_helpers import NodeProcess, RosClient, make_image, wait_for  # noqa: E402
@@ -112,7 +112,7 @@ def test_outputs_match_input(node, client):
     confs = client.collect(Confidences, f"/{NODE}/confidences")
     labels = client.collect(Image, f"/{NODE}/label")
     overlays = client.collect(Image, f"/{NODE}/overlay")
-    cam = Camera(client, "/test_cam/image_raw", h=45, w=70)
+    cam = Camera(client, "/test_cam/image_raw", h=360, w=480)
     seg = cam.publish_until(segs)[0]
     wait_for(lambda: confs and labels and overlays, 10, what="all outputs")
 
@@ -124,18 +124,19 @@ def test_outputs_match_input(node, client):
     masks = [imgmsg_to_cv2(m) for m in seg.masks]
     label = imgmsg_to_cv2(seg.label)
     for m in seg.masks + [seg.label]:
-        assert (m.height, m.width, m.encoding) == (45, 70, "mono8")
+        assert (m.height, m.width, m.encoding) == (360, 480, "mono8")
         assert m.header.frame_id == seg.header.frame_id
     assert label.max() <= 2
-    level = math.ceil(seg.threshold * 255)
+    level = mask_level(seg.threshold)  # the float32 threshold in the message gives the same level
+    assert level == 102
     for k, (conf, mask) in enumerate(zip(seg.confidences, masks)):
         assert conf.prompt == seg.prompts[k]
         assert abs(conf.max_score - mask.max() / 255) < 0.02
-        assert abs(conf.area_fraction - (mask >= level).mean()) < 0.05
+        assert abs(conf.area_fraction - (mask >= level).mean()) < 1e-6
         assert conf.detected == (conf.max_score >= seg.threshold)
         if conf.area_fraction > 0:
-            assert 0 <= conf.bbox.x_offset and conf.bbox.x_offset + conf.bbox.width <= 70
-            assert 0 <= conf.centroid_x < 70 and 0 <= conf.centroid_y < 45
+            assert 0 <= conf.bbox.x_offset and conf.bbox.x_offset + conf.bbox.width <= 480
+            assert 0 <= conf.centroid_x < 480 and 0 <= conf.centroid_y < 360
     # label agrees with masks: where labelled k, mask k is the largest and above threshold
     ys, xs = np.nonzero(label)
     for y, x in list(zip(ys, xs))[:50]:
@@ -144,7 +145,7 @@ def test_outputs_match_input(node, client):
     conf_msg = next(c for c in confs if c.header.frame_id == seg.header.frame_id)
     assert [c.prompt for c in conf_msg.confidences] == ["cup", "door handle"]
     overlay = next(o for o in overlays if o.header.frame_id == seg.header.frame_id)
-    assert (overlay.encoding, overlay.height, overlay.width) == ("bgr8", 45, 70)
+    assert (overlay.encoding, overlay.height, overlay.width) == ("bgr8", 360, 480)
 
 
 def test_prompts_by_topic_service_and_parameter_stay_in_sync(node, client):
@@ -263,6 +264,8 @@ def test_two_cameras_one_compressed(tiny_checkpoint, tmp_path, client):
         left = client.collect(Segmentation, f"/{name}/left/segmentation")
         cam_a = Camera(client, "/front/color/image_raw", h=40, w=60)
         cam_b = Camera(client, "/left/image_raw/compressed", h=30, w=50, compressed=True)
+        wait_for(lambda: cam_a.pub.get_subscription_count() and cam_b.pub.get_subscription_count(), 20,
+                 what="the node to subscribe to both cameras")
 
         def both():
             cam_a.publish()

@@ -30,7 +30,7 @@ def test_stats_of_a_box_on_the_input_grid():
     assert s.bbox == (2, 1, 3, 4)
     assert s.centroid == pytest.approx((3.0, 2.5))
     assert s.area_fraction == pytest.approx(12 / 64)
-    assert s.mean_score == pytest.approx(0.9, abs=1e-5)
+    assert s.mean_score == pytest.approx(0.9, abs=1 / 255)  # from the published uint8 masks
     assert s.max_score == pytest.approx(0.9, abs=1e-5)
     assert s.detected
     assert r.masks.shape == (1, 8, 8) and r.masks[0, 1, 2] == round(0.9 * 255) and r.masks[0, 0, 0] == round(0.1 * 255)
@@ -39,14 +39,33 @@ def test_stats_of_a_box_on_the_input_grid():
 
 def test_stats_scale_to_input_pixels():
     probs = square_map()[None]  # model grid 8x8, input 32x16 (w x h): x*4, y*2
-    r = postprocess_logits(logits_from_probs(probs), ["box"], (16, 32), threshold=0.5)
-    s = r.stats[0]
+    m = postprocess_logits(logits_from_probs(probs), ["box"], (16, 32), threshold=0.5, output_size=(8, 8))
+    s = m.stats[0]
+    assert m.masks.shape == (1, 8, 8) and m.image_size == (16, 32)
     assert s.bbox == (8, 2, 12, 8)
     assert s.centroid == pytest.approx((13.5, 5.5))  # pixel centres of the covered input block
+    assert s.area_fraction == pytest.approx(12 / 64)
+    # Masks at input size: stats of the upsampled masks, close to the model-grid ones.
+    r = postprocess_logits(logits_from_probs(probs), ["box"], (16, 32), threshold=0.5)
+    t = r.stats[0]
     assert r.masks.shape == (1, 16, 32) and r.label.shape == (16, 32)
-    # The same stats whatever grid the masks are published on.
-    m = postprocess_logits(logits_from_probs(probs), ["box"], (16, 32), threshold=0.5, output_size=(8, 8))
-    assert m.stats == r.stats and m.masks.shape == (1, 8, 8)
+    assert np.abs(np.subtract(t.bbox, s.bbox)).max() <= 2
+    assert t.centroid == pytest.approx(s.centroid, abs=0.5)
+    assert t.area_fraction == pytest.approx((r.masks[0] >= 128).mean())
+
+
+def test_stats_agree_with_published_masks_on_noisy_maps():
+    rng = np.random.default_rng(3)
+    probs = rng.random((3, 352, 352), dtype=np.float32)
+    r = postprocess_logits(logits_from_probs(probs), ["a", "b", "c"], (300, 500), threshold=0.4)
+    for k, s in enumerate(r.stats):
+        inside = r.masks[k] >= 102
+        ys, xs = np.nonzero(inside)
+        assert s.area_fraction == pytest.approx(inside.mean())
+        assert s.bbox == (xs.min(), ys.min(), xs.max() - xs.min() + 1, ys.max() - ys.min() + 1)
+        assert s.centroid == pytest.approx((xs.mean(), ys.mean()), abs=1e-3)
+        assert s.mean_score == pytest.approx(r.masks[k][inside].mean() / 255, abs=1e-6)
+        assert s.max_score == pytest.approx(float(probs[k].max()), abs=1e-5)
 
 
 def test_empty_mask_stats():
