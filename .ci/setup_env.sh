@@ -47,6 +47,7 @@ NPINC=$("$PY" -c 'import numpy; print(numpy.get_include())')
 
 echo "setup_env: building clipseg_ros_interfaces into the venv"
 BUILD=$ROOT/build/clipseg_ros_interfaces
+mkdir -p "$ROOT/build"
 cmake -S msg -B "$BUILD" -DCMAKE_INSTALL_PREFIX="$VENV" -DCMAKE_PREFIX_PATH="$VENV" \
   -DPython3_EXECUTABLE="$VENV/bin/python" -DBUILD_TESTING=OFF >"$BUILD.log" 2>&1 || { cat "$BUILD.log"; exit 1; }
 cmake --build "$BUILD" -j"$(nproc)" >>"$BUILD.log" 2>&1 || { tail -50 "$BUILD.log"; exit 1; }
