@@ -101,8 +101,13 @@ def imgmsg_to_cv2(msg: Image, desired_encoding: str = "passthrough") -> np.ndarr
     Supported targets: passthrough, rgb8, bgr8, rgba8, bgra8, mono8, and the 16-bit variants;
     bayer/yuv sources are demosaiced/decoded to colour. The result never aliases the message.
     """
-    arr = imgmsg_to_numpy(msg)
-    src = msg.encoding.lower()
+    return convert_encoding(imgmsg_to_numpy(msg), msg.encoding, desired_encoding)
+
+
+def convert_encoding(arr: np.ndarray, encoding: str, desired_encoding: str = "passthrough") -> np.ndarray:
+    """Convert an array holding ``encoding`` data to ``desired_encoding`` like cv_bridge; always
+    returns a new array (never a view of ``arr``)."""
+    src = encoding.lower()
     dst = (desired_encoding or "passthrough").lower()
     if dst == "passthrough" or dst == src:
         return np.array(arr, copy=True)
@@ -116,7 +121,7 @@ def imgmsg_to_cv2(msg: Image, desired_encoding: str = "passthrough") -> np.ndarr
     src_order = _channel_order(src)
     dst_order = _channel_order(dst)
     if src_order is None or dst_order is None:
-        raise ImageConversionError(f"cannot convert '{msg.encoding}' to '{desired_encoding}'")
+        raise ImageConversionError(f"cannot convert '{encoding}' to '{desired_encoding}'")
     # Bit depth first (cv_bridge scales 16 <-> 8 bit by 255/65535), then channels.
     dst_dtype = encoding_layout(dst)[0]
     if arr.dtype != dst_dtype:
@@ -125,7 +130,7 @@ def imgmsg_to_cv2(msg: Image, desired_encoding: str = "passthrough") -> np.ndarr
         elif arr.dtype == np.uint8 and dst_dtype == np.uint16:
             arr = arr.astype(np.uint16) * 257
         else:
-            raise ImageConversionError(f"cannot convert '{msg.encoding}' to '{desired_encoding}'")
+            raise ImageConversionError(f"cannot convert '{encoding}' to '{desired_encoding}'")
     return _convert_channels(np.ascontiguousarray(arr), src_order, dst_order)
 
 
@@ -153,11 +158,8 @@ def imgmsg_to_rgb8(msg: Image) -> np.ndarray:
     message saying so; 16UC1 is read as mono16.
     """
     enc = msg.encoding.lower()
-    if enc in ("16uc1", "8uc1"):
-        patched = Image(header=msg.header, height=msg.height, width=msg.width,
-                        encoding="mono16" if enc == "16uc1" else "mono8",
-                        is_bigendian=msg.is_bigendian, step=msg.step, data=msg.data)
-        return imgmsg_to_cv2(patched, "rgb8")
+    if enc in ("16uc1", "8uc1"):  # single-channel data read as grey, like mono16/mono8
+        return convert_encoding(imgmsg_to_numpy(msg), "mono16" if enc == "16uc1" else "mono8", "rgb8")
     if enc in ("8uc3", "8uc4"):
         raise ImageConversionError(f"encoding '{msg.encoding}' has no channel order; publish rgb8/bgr8 instead")
     if re.fullmatch(r"(8s|16s|32s|32f|64f)c\d+", enc) or re.fullmatch(r"16uc\d+", enc):
@@ -213,8 +215,7 @@ def compressed_imgmsg_to_cv2(msg: CompressedImage, desired_encoding: str = "pass
     dst = (desired_encoding or "passthrough").lower()
     if dst == "passthrough":
         return arr
-    fake = cv2_to_imgmsg(arr, src)
-    return imgmsg_to_cv2(fake, dst)
+    return convert_encoding(arr, src, dst)
 
 
 def compressed_imgmsg_to_rgb8(msg: CompressedImage) -> np.ndarray:

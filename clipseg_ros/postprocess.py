@@ -14,7 +14,6 @@ from typing import Sequence
 import cv2
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 # Label image is mono8: value k names prompts[k-1], so at most 255 prompts can be labelled.
 MAX_LABELS = 255
