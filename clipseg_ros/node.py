@@ -36,7 +36,7 @@ from clipseg_ros import messages
 from clipseg_ros.conversions import (ImageConversionError, compressed_imgmsg_to_rgb8, cv2_to_imgmsg,
                                      imgmsg_to_rgb8)
 from clipseg_ros.engine import (DEFAULT_MODEL, ModelLoadError, PromptError, SegmentationEngine,
-                                resolve_device, resolve_dtype, validate_template)
+                                resolve_device, resolve_dtype, set_num_threads, validate_template)
 from clipseg_ros.postprocess import MAX_LABELS, render_overlay
 
 INPUT_QOS = ("sensor_data", "reliable", "system_default")
@@ -252,8 +252,6 @@ class ClipSegNode(Node):
                 self.get_logger().warning(f"rejected prompts: {exc}")
                 return SetParametersResult(successful=False, reason=str(exc))
         if "num_threads" in values:
-            from clipseg_ros.engine import set_num_threads
-
             set_num_threads(values["num_threads"])
         self._settings = settings
         with self._lock:
@@ -308,14 +306,22 @@ class ClipSegNode(Node):
         if not result.successful:
             self.get_logger().warning(f"~/prompts message refused: {result.reason}")
 
+    def _embed_image_prompt(self, name: str, msg: Image) -> None:
+        """Read an example image and cache its embedding under ``name``; PromptError if unreadable."""
+        try:
+            rgb = imgmsg_to_rgb8(msg)
+        except ImageConversionError as exc:
+            raise PromptError(f"image prompt '{name}': {exc}") from exc
+        self.engine.embed_image_prompt(name, rgb)
+
     def _on_prompt_image(self, msg: Image) -> None:
         name = msg.header.frame_id.strip() or "image_prompt"
         try:
-            rgb = imgmsg_to_rgb8(msg)
             names = [n for n in self._image_prompt_names if n != name] + [name]
+            # Count before embedding: an example image costs a full vision pass.
             self._check_prompt_count(len(self._param("prompts")) + len(names), self._settings["max_prompts"])
-            self.engine.embed_image_prompt(name, rgb)
-        except (ImageConversionError, PromptError) as exc:
+            self._embed_image_prompt(name, msg)
+        except PromptError as exc:
             self.get_logger().warning(f"~/prompt_image '{name}' refused: {exc}",
                                       throttle_duration_sec=WARN_THROTTLE_S)
             return
@@ -341,11 +347,7 @@ class ClipSegNode(Node):
         try:
             self._check_prompt_count(len(texts) + len(names), self._settings["max_prompts"])
             for name, img in zip(names, request.image_prompts):
-                try:
-                    rgb = imgmsg_to_rgb8(img)
-                except ImageConversionError as exc:
-                    raise PromptError(f"image prompt '{name}': {exc}") from exc
-                self.engine.embed_image_prompt(name, rgb)
+                self._embed_image_prompt(name, img)
         except PromptError as exc:
             return refuse(str(exc))
         result = self._set_text_prompts(texts, names)
