@@ -23,6 +23,7 @@ from __future__ import annotations
 import inspect
 import math
 import os
+import re
 import threading
 import time
 from collections import OrderedDict
@@ -43,6 +44,10 @@ DEFAULT_TEMPLATE = "{}"
 TEXT_CACHE_SIZE = 1024
 IMAGE_PROMPT_CACHE_SIZE = 64
 
+# torch >= 2.5 has torch.OutOfMemoryError (CUDA's is an alias); older releases only the CUDA one.
+OUT_OF_MEMORY_ERRORS = tuple({getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError),
+                              torch.cuda.OutOfMemoryError})
+
 _DTYPES = {
     "float32": torch.float32,
     "float16": torch.float16,
@@ -58,24 +63,36 @@ class PromptError(ValueError):
     """A prompt set was refused (e.g. a bad template or image); the message says why."""
 
 
-def resolve_device(device: str) -> torch.device:
+def check_device_name(device: str) -> str:
+    """Normalised device name (auto, cpu, cuda, cuda:<i>); ValueError if it is none of those.
+    Only the spelling is checked: whether the device exists is :func:`resolve_device`'s job."""
+    name = (device or "auto").strip().lower()
+    if name in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d+", name):
+        return name
+    raise ValueError(f"unknown device '{device}' (expected auto, cpu, cuda or cuda:<index>)")
+
+
+def resolve_device(device: str, fallback_to_cpu: bool = False) -> torch.device:
     """``auto`` -> ``cuda`` when available, else ``cpu``; ``cpu``, ``cuda``, ``cuda:i`` as given.
 
-    Raises ValueError for anything else and for a CUDA device that this machine lacks.
+    Raises ValueError for an unknown name, and for a CUDA device this machine lacks unless
+    ``fallback_to_cpu`` (then the CPU is returned; compare ``.type`` to notice).
     """
-    name = (device or "auto").strip().lower()
+    name = check_device_name(device)
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cpu":
         return torch.device("cpu")
-    if name == "cuda" or name.startswith("cuda:"):
-        if not torch.cuda.is_available():
-            raise ValueError(f"device '{device}' requested but CUDA is not available on this machine")
-        dev = torch.device(name)
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise ValueError(f"device '{device}': only {torch.cuda.device_count()} CUDA device(s) present")
-        return dev
-    raise ValueError(f"unknown device '{device}' (expected auto, cpu, cuda or cuda:<index>)")
+    if not torch.cuda.is_available():
+        if fallback_to_cpu:
+            return torch.device("cpu")
+        raise ValueError(f"device '{device}' requested but CUDA is not available on this machine")
+    dev = torch.device(name)
+    if dev.index is not None and dev.index >= torch.cuda.device_count():
+        if fallback_to_cpu:
+            return torch.device("cpu")
+        raise ValueError(f"device '{device}': only {torch.cuda.device_count()} CUDA device(s) present")
+    return dev
 
 
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
@@ -261,6 +278,7 @@ class SegmentationEngine:
         self._image_prompt_cache: OrderedDict[str, torch.Tensor] = OrderedDict()
         self._pos_cache: dict[tuple[int, int], torch.Tensor] = {}
         self._prompt_version = 0
+        self.oom_retries = 0  # batches that ran out of memory and were retried smaller
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -530,24 +548,56 @@ class SegmentationEngine:
                 as_rgb_uint8(im, color_order)  # still refuse bad images
             return [postprocess.empty_result(im.shape[:2], threshold) for im in images]
         t0 = time.perf_counter()
-        embedding = self.encode(images, color_order)
-        t1 = time.perf_counter()
-        with torch.inference_mode():
-            logits = self.decode(embedding.activations, prompts.embeddings)
-            _sync(self.device)
-            t2 = time.perf_counter()
-            results = []
-            for k, size in enumerate(embedding.sizes):
-                results.append(postprocess.postprocess_logits(
-                    logits[k], list(prompts.names), size, threshold=threshold,
-                    output_size=None if output_size == "input" else logits.shape[-2:]))
+        try:
+            sizes, logits, pre_ms, vision_ms, dec_ms = self._infer(images, prompts.embeddings, color_order)
+        except OUT_OF_MEMORY_ERRORS:
+            retry = True  # retried outside the handler: the traceback pins the failed tensors
+        else:
+            retry = False
+        if retry:
+            # Free the cached blocks of the failed attempt, then once more in smaller batches:
+            # one frame at a time, prompts through the decoder in halves. A second OOM raises.
+            self.release_cache()
+            self.oom_retries += 1
+            half = max(1, (len(prompts) + 1) // 2)
+            parts = [self._infer([im], prompts.embeddings, color_order, prompt_chunk=half) for im in images]
+            sizes = [size for part in parts for size in part[0]]
+            logits = torch.cat([part[1] for part in parts])
+            pre_ms, vision_ms, dec_ms = (sum(part[k] for part in parts) for k in (2, 3, 4))
+        t2 = time.perf_counter()
+        results = []
+        for k, size in enumerate(sizes):
+            results.append(postprocess.postprocess_logits(
+                logits[k], list(prompts.names), size, threshold=threshold,
+                output_size=None if output_size == "input" else logits.shape[-2:]))
         t3 = time.perf_counter()
         total = (t3 - t0) * 1e3
         for r in results:
-            r.timings_ms = {"preprocess": embedding.preprocess_ms, "vision": embedding.vision_ms,
-                            "decoder": (t2 - t1) * 1e3, "post": (t3 - t2) * 1e3, "total": total}
+            r.timings_ms = {"preprocess": pre_ms, "vision": vision_ms, "decoder": dec_ms,
+                            "post": (t3 - t2) * 1e3, "total": total}
             r.prompt_version = prompts.version
         return results
+
+    def _infer(self, images: Sequence[np.ndarray], embeddings: torch.Tensor, color_order: str,
+               prompt_chunk: int | None = None):
+        """Vision pass + decoder: (sizes, logits (B, N, S, S), preprocess, vision, decoder ms).
+        ``prompt_chunk`` decodes the prompts in slices of that many (less peak memory)."""
+        embedding = self.encode(images, color_order)
+        t1 = time.perf_counter()
+        with torch.inference_mode():
+            if prompt_chunk is None or prompt_chunk >= embeddings.shape[0]:
+                logits = self.decode(embedding.activations, embeddings)
+            else:
+                logits = torch.cat([self.decode(embedding.activations, embeddings[i:i + prompt_chunk])
+                                    for i in range(0, embeddings.shape[0], prompt_chunk)], dim=1)
+            _sync(self.device)
+        dec_ms = (time.perf_counter() - t1) * 1e3
+        return embedding.sizes, logits, embedding.preprocess_ms, embedding.vision_ms, dec_ms
+
+    def release_cache(self) -> None:
+        """Return the CUDA caching allocator's free blocks to the driver (no-op on CPU)."""
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
 
 
 def validate_template(template: str) -> None:

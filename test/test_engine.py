@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from clipseg_ros.engine import (ModelLoadError, PromptError, SegmentationEngine, preprocess_image,
-                                resolve_device, resolve_dtype)
+from clipseg_ros.engine import (ModelLoadError, PromptError, SegmentationEngine, check_device_name,
+                                preprocess_image, resolve_device, resolve_dtype)
 from clipseg_ros.random_checkpoint import is_untrained
 from conftest import random_image
 
@@ -57,6 +57,66 @@ def test_device_and_dtype_resolution():
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="CUDA is not available"):
             resolve_device("cuda")
+        assert resolve_device("cuda:0", fallback_to_cpu=True).type == "cpu"
+    assert check_device_name(" CUDA:1 ") == "cuda:1"
+    with pytest.raises(ValueError, match="unknown device"):
+        check_device_name("cuda:x")
+
+
+def test_corrupt_checkpoint_is_a_clear_error(tiny_checkpoint, tmp_path):
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_checkpoint, broken)
+    (broken / "model.safetensors").write_bytes(b"\x00garbage" * 10)
+    with pytest.raises(ModelLoadError, match="broken") as err:
+        SegmentationEngine.from_pretrained(str(broken), device="cpu")
+    assert "Check that it holds a CLIPSeg checkpoint" in str(err.value)
+    (broken / "config.json").write_text("{not json")
+    with pytest.raises(ModelLoadError, match="broken"):
+        SegmentationEngine.from_pretrained(str(broken), device="cpu")
+
+
+def test_not_a_clipseg_checkpoint_is_refused(tmp_path):
+    from transformers import BertConfig, BertModel
+
+    BertModel(BertConfig(hidden_size=8, num_hidden_layers=1, num_attention_heads=1, intermediate_size=8,
+                         vocab_size=10)).save_pretrained(tmp_path / "bert")
+    with pytest.raises(ModelLoadError, match="bert"):
+        SegmentationEngine.from_pretrained(str(tmp_path / "bert"), device="cpu")
+
+
+def test_out_of_memory_retries_once_with_smaller_batches(tiny_engine, rng, monkeypatch):
+    images = [random_image(rng), random_image(rng, 30, 40)]
+    prompts = tiny_engine.make_prompt_set(["cup", "door", "cat"])
+    expected = tiny_engine.segment_batch(images, prompts)
+    real_decode = tiny_engine.decode
+    calls = []
+
+    def decode(activations, embeddings):
+        calls.append((activations[0].shape[0], embeddings.shape[0]))
+        if len(calls) == 1:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real_decode(activations, embeddings)
+
+    monkeypatch.setattr(tiny_engine, "decode", decode)
+    before = tiny_engine.oom_retries
+    results = tiny_engine.segment_batch(images, prompts)
+    assert tiny_engine.oom_retries == before + 1
+    # Whole batch first; then per frame, prompts in halves (2 + 1).
+    assert calls == [(2, 3), (1, 2), (1, 1), (1, 2), (1, 1)]
+    for got, want in zip(results, expected):
+        assert got.prompts == want.prompts
+        assert np.abs(got.masks.astype(int) - want.masks).max() <= 1
+
+
+def test_second_out_of_memory_is_raised(tiny_engine, rng, monkeypatch):
+    def decode(activations, embeddings):
+        raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+
+    monkeypatch.setattr(tiny_engine, "decode", decode)
+    with pytest.raises(torch.OutOfMemoryError):
+        tiny_engine.segment_batch([random_image(rng)], tiny_engine.make_prompt_set(["cup", "cat"]))
 
 
 @pytest.mark.parametrize("size", [(480, 640), (352, 352), (31, 17), (1, 1)])
