@@ -11,6 +11,7 @@ so latency cannot grow.
 
 from __future__ import annotations
 
+import gc
 import re
 import sys
 import threading
@@ -21,22 +22,26 @@ import cv2
 import rclpy
 from rcl_interfaces.msg import (FloatingPointRange, IntegerRange, ParameterDescriptor, ParameterType,
                                 SetParametersResult)
+from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.executors import ExternalShutdownException
-from rclpy.node import Node
+from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
 from rclpy.qos import (HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data,
                        qos_profile_system_default)
+from rclpy.service import Service
+from rclpy.subscription import Subscription
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import String
 
 from clipseg_ros_interfaces.msg import Confidences, Segmentation
 from clipseg_ros_interfaces.srv import SetPrompts
 
-from clipseg_ros import messages
+from clipseg_ros import diagnostics, messages
 from clipseg_ros.conversions import (ImageConversionError, compressed_imgmsg_to_rgb8, cv2_to_imgmsg,
                                      imgmsg_to_rgb8)
-from clipseg_ros.engine import (DEFAULT_MODEL, ModelLoadError, PromptError, SegmentationEngine,
-                                resolve_device, resolve_dtype, set_num_threads, validate_template)
+from clipseg_ros.engine import (DEFAULT_MODEL, OUT_OF_MEMORY_ERRORS, ModelLoadError, PromptError,
+                                SegmentationEngine, check_device_name, resolve_device, resolve_dtype,
+                                set_num_threads, validate_template)
 from clipseg_ros.postprocess import MAX_LABELS, render_overlay
 
 INPUT_QOS = ("sensor_data", "reliable", "system_default")
@@ -48,7 +53,7 @@ _STREAM_WORDS = {"image", "image_raw", "image_rect", "image_rect_color", "image_
 # Output publishers: reliable, depth 1 (consumers want the newest result; RViz's best-effort
 # subscriptions are compatible with a reliable publisher).
 OUTPUT_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=ReliabilityPolicy.RELIABLE)
-WARN_THROTTLE_S = 5.0
+WARN_THROTTLE_S = 5.0  # one log line per kind of problem (and camera) per this many seconds
 
 
 def parse_prompt_text(text: str) -> list[str]:
@@ -78,8 +83,12 @@ def parameter_specs() -> list[tuple[str, object, ParameterDescriptor]]:
     SA = ParameterType.PARAMETER_STRING_ARRAY
     unit = [FloatingPointRange(from_value=0.0, to_value=1.0, step=0.0)]
     return [
+        ("lifecycle", False, desc("true: wait for lifecycle transitions (configure loads the model, activate "
+                                  "starts the cameras); false: configure and activate on start", B, True)),
         ("model", DEFAULT_MODEL, desc("hub id or local directory of a CLIPSeg checkpoint (safetensors)", S, True)),
         ("device", "auto", desc("auto | cpu | cuda | cuda:<index>", S, True)),
+        ("device_strict", False, desc("refuse to start when the requested CUDA device is missing "
+                                      "(default: warn and run on the CPU)", B, True)),
         ("dtype", "auto", desc("auto (fp16 on CUDA, fp32 on CPU) | float32 | float16 | bfloat16", S, True)),
         ("prompts", None, desc("text prompts; change at runtime (also via ~/prompts, ~/set_prompts)", SA)),
         ("prompt_template", "{}", desc("template applied to each text prompt, e.g. 'a photo of a {}.'", S)),
@@ -100,6 +109,16 @@ def parameter_specs() -> list[tuple[str, object, ParameterDescriptor]]:
         ("mask_resolution", "input", desc("input (masks at camera size) | model (352x352)", S)),
         ("num_threads", 0, desc("torch CPU threads (0 = torch default)", I,
                                 integer_range=[IntegerRange(from_value=0, to_value=256, step=1)])),
+        ("max_image_pixels", 4096 * 4096, desc("larger camera frames are refused with a warning (memory: masks "
+                                               "take prompts x pixels bytes)", I,
+                                               integer_range=[IntegerRange(from_value=1, to_value=1 << 30, step=1)])),
+        ("input_timeout", 2.0, desc("diagnostics WARN when a camera sends nothing for this many seconds", D,
+                                    floating_point_range=[FloatingPointRange(from_value=0.1, to_value=3600.0,
+                                                                             step=0.0)])),
+        ("max_latency", 3.0, desc("diagnostics WARN when latency p95 (receipt to publish, s) exceeds this, "
+                                  "ERROR above twice it", D,
+                                  floating_point_range=[FloatingPointRange(from_value=0.01, to_value=3600.0,
+                                                                           step=0.0)])),
     ]
 
 
@@ -114,21 +133,26 @@ def _qos_for(name: str) -> QoSProfile:
 @dataclass
 class Camera:
     """One input stream and its output publishers. ``pending`` holds the newest unprocessed
-    message (older ones are overwritten: no queue)."""
+    (message, receipt time); older ones are overwritten: no queue."""
 
     name: str
     topic: str
     compressed: bool
     prefix: str  # "~/" or "~/<name>/"
-    pending: object = None
-    received: int = 0
-    processed: int = 0
-    dropped: int = 0
+    stats: diagnostics.StreamStats
+    pending: tuple | None = None
     publishers: dict = field(default_factory=dict)
 
 
-class ClipSegNode(Node):
-    """Open-vocabulary segmentation node (see README for topics, services and parameters)."""
+class ClipSegNode(LifecycleNode):
+    """Open-vocabulary segmentation node (see README for topics, services and parameters).
+
+    A managed (lifecycle) node: ``configure`` loads the model and creates the publishers and the
+    prompt interfaces, ``activate`` subscribes to the cameras and starts the inference thread,
+    ``deactivate`` stops both (and frees cached CUDA memory), ``cleanup`` unloads the model.
+    With ``lifecycle:=false`` (the default) :func:`main` runs configure and activate on start.
+    Parameters and ``/diagnostics`` work in every state.
+    """
 
     def __init__(self, node_name: str = "clipseg", **kwargs):
         self._stop = threading.Event()
@@ -136,45 +160,158 @@ class ClipSegNode(Node):
         super().__init__(node_name, **kwargs)
         self._declare_parameters()
         p = self._param
-        self.engine = SegmentationEngine.from_pretrained(
-            p("model"), device=p("device"), dtype=p("dtype"), num_threads=p("num_threads"),
-            prompt_template=p("prompt_template"))
-        self.get_logger().info(
-            f"loaded '{p('model')}' on {self.engine.device} ({str(self.engine.dtype).replace('torch.', '')})")
-
+        self.engine: SegmentationEngine | None = None
+        self.cameras: list[Camera] = []
         self._lock = threading.Condition()
         self._image_prompt_names: list[str] = []
         self._next_image_prompt_names: list[str] | None = None
-        self._prompt_set = self.engine.make_prompt_set([])
+        self._prompt_set = None
         self._settings = self._read_settings()
-        # Build the initial prompt set (from parameters/YAML) through the same path as later changes.
+        self._configured_entities: list = []  # publishers, prompt topics and service: destroyed by cleanup
+        self._camera_subscriptions: list = []  # destroyed by deactivate
+        self._warned: dict[str, tuple[float, int]] = {}
+        self._warn_lock = threading.Lock()
+        self._load_error = ""
+        self._state = "unconfigured"
+        self.frames_processed = 0
+        # Initial prompts (parameters/YAML) are checked now, embedded by configure.
         initial = self._prompt_texts(p("prompts"))
         self._check_prompt_count(len(initial), p("max_prompts"))
         if initial != p("prompts"):  # trimmed/deduplicated: the parameter shows what is active
             self.set_parameters([Parameter("prompts", Parameter.Type.STRING_ARRAY, initial)])
-        self._install_prompts(initial, [])
         self.add_on_set_parameters_callback(self._on_set_parameters)
+        self._diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self.create_timer(1.0, self._publish_diagnostics)
+        if p("lifecycle"):
+            self.get_logger().info("lifecycle mode: waiting for the configure transition")
+
+    # ------------------------------------------------------------------ lifecycle
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        p = self._param
+        try:
+            device = self._select_device()
+            engine = SegmentationEngine.from_pretrained(
+                p("model"), device=device, dtype=p("dtype"), num_threads=p("num_threads"),
+                prompt_template=p("prompt_template"))
+        except (ModelLoadError, ValueError) as exc:
+            self._load_error = str(exc)
+            self.get_logger().error(str(exc))
+            return TransitionCallbackReturn.FAILURE
+        self.engine = engine
+        self._load_error = ""
+        self.get_logger().info(
+            f"loaded '{p('model')}' on {engine.device} ({str(engine.dtype).replace('torch.', '')})")
+        try:
+            self._install_prompts(p("prompts"), [])
+        except PromptError as exc:
+            self.get_logger().error(f"initial prompts refused: {exc}")
+            self._release_engine()
+            return TransitionCallbackReturn.FAILURE
 
         self.cameras = self._make_cameras()
-        input_qos = _qos_for(p("input_qos"))
         for cam in self.cameras:
-            msg_type = CompressedImage if cam.compressed else Image
-            self.create_subscription(msg_type, cam.topic, lambda m, c=cam: self._on_image(c, m), input_qos)
             cam.publishers = {
                 "segmentation": self.create_publisher(Segmentation, cam.prefix + "segmentation", OUTPUT_QOS),
                 "confidences": self.create_publisher(Confidences, cam.prefix + "confidences", OUTPUT_QOS),
                 "label": self.create_publisher(Image, cam.prefix + "label", OUTPUT_QOS),
                 "overlay": self.create_publisher(Image, cam.prefix + "overlay", OUTPUT_QOS),
             }
-        self.create_subscription(String, "~/prompts", self._on_prompts_topic, 10)
-        self.create_subscription(Image, "~/prompt_image", self._on_prompt_image, 10)
-        self.create_service(SetPrompts, "~/set_prompts", self._on_set_prompts)
+            self._configured_entities += cam.publishers.values()
+        self._configured_entities += [
+            self.create_subscription(String, "~/prompts", self._on_prompts_topic, 10),
+            self.create_subscription(Image, "~/prompt_image", self._on_prompt_image, 10),
+            self.create_service(SetPrompts, "~/set_prompts", self._on_set_prompts),
+        ]
+        self._state = "inactive"
+        return TransitionCallbackReturn.SUCCESS
 
-        self.frames_processed = 0
-        self._worker = threading.Thread(target=self._run_worker, name="clipseg_inference", daemon=True)
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        input_qos = _qos_for(self._param("input_qos"))
+        now = time.monotonic()
+        for cam in self.cameras:
+            msg_type = CompressedImage if cam.compressed else Image
+            self._camera_subscriptions.append(
+                self.create_subscription(msg_type, cam.topic, lambda m, c=cam: self._on_image(c, m), input_qos))
+            cam.stats.since = now
+        self._stop = threading.Event()
+        self._worker = threading.Thread(target=self._run_worker, args=(self._stop,), name="clipseg_inference",
+                                        daemon=True)
         self._worker.start()
+        self._state = "active"
         cams = ", ".join(f"{c.topic} -> {self.resolve_topic_name(c.prefix + 'segmentation')}" for c in self.cameras)
-        self.get_logger().info(f"segmenting {cams} at {p('rate')} Hz; prompts: {list(self._prompt_set.names)}")
+        self.get_logger().info(
+            f"segmenting {cams} at {self._param('rate')} Hz; prompts: {list(self._prompt_set.names)}")
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._stop_work(join_timeout=30.0)
+        if self.engine is not None:
+            self.engine.release_cache()
+        self._state = "inactive"
+        self.get_logger().info("deactivated: cameras unsubscribed, inference stopped")
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._release_engine()
+        self.get_logger().info("cleaned up: model unloaded")
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._stop_work(join_timeout=1.5)
+        self._release_engine()
+        self._state = "finalized"
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_error(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self.get_logger().error(f"error during a transition from '{state.label}': resetting to unconfigured")
+        self._stop_work(join_timeout=5.0)
+        self._release_engine()
+        return TransitionCallbackReturn.SUCCESS
+
+    def _stop_work(self, join_timeout: float) -> None:
+        """Unsubscribe the cameras and stop the inference thread (the frame in flight finishes)."""
+        for sub in self._camera_subscriptions:
+            self.destroy_subscription(sub)
+        self._camera_subscriptions = []
+        self._stop.set()
+        with self._lock:
+            for cam in self.cameras:
+                cam.pending = None
+            self._lock.notify_all()
+        worker = self._worker
+        if worker is not None and worker.is_alive() and threading.current_thread() is not worker:
+            worker.join(timeout=join_timeout)
+        self._worker = None
+
+    def _release_engine(self) -> None:
+        for entity in self._configured_entities:
+            if isinstance(entity, Service):
+                self.destroy_service(entity)
+            elif isinstance(entity, Subscription):
+                self.destroy_subscription(entity)
+            else:
+                self.destroy_publisher(entity)
+        self._configured_entities = []
+        self.cameras = []
+        self._prompt_set = None
+        self._image_prompt_names = []
+        if self.engine is not None:
+            engine, self.engine = self.engine, None
+            engine.release_cache()
+            del engine
+            gc.collect()
+        self._state = "unconfigured"
+
+    def _select_device(self) -> str:
+        """The configured device, or the CPU with a warning when CUDA is missing (unless
+        ``device_strict``)."""
+        requested = self._param("device")
+        device = resolve_device(requested, fallback_to_cpu=not self._param("device_strict"))
+        if check_device_name(requested).startswith("cuda") and device.type == "cpu":
+            self.get_logger().warning(
+                f"device '{requested}' requested but CUDA is not available here: running on the CPU "
+                "(much slower). Set device_strict:=true to refuse instead.")
+        return str(device)
 
     # ------------------------------------------------------------------ parameters
     def _declare_parameters(self) -> None:
@@ -210,7 +347,7 @@ class ClipSegNode(Node):
         """Reason the value is refused, or None. Ranges and types are checked by rclpy."""
         try:
             if name == "device":
-                resolve_device(value)
+                check_device_name(value)  # whether it exists is configure's question
             elif name == "dtype":
                 resolve_dtype(value, resolve_device("cpu"))
             elif name == "prompt_template":
@@ -225,7 +362,7 @@ class ClipSegNode(Node):
 
     def _read_settings(self) -> dict:
         names = ("rate", "threshold", "publish_masks", "publish_label", "publish_overlay", "overlay_alpha",
-                 "mask_resolution", "max_prompts")
+                 "mask_resolution", "max_prompts", "max_image_pixels", "input_timeout", "max_latency")
         return {n: self._param(n) for n in names}
 
     def _on_set_parameters(self, params: list[Parameter]) -> SetParametersResult:
@@ -241,14 +378,17 @@ class ClipSegNode(Node):
             texts = values.get("prompts", self._param("prompts"))
             images = (self._next_image_prompt_names if self._next_image_prompt_names is not None
                       else self._image_prompt_names)
-            old_template = self.engine.prompt_template
+            engine = self.engine
+            old_template = engine.prompt_template if engine is not None else None
             try:
                 texts = self._prompt_texts(texts, strict=True)
                 self._check_prompt_count(len(texts) + len(images), settings["max_prompts"])
-                self.engine.prompt_template = values.get("prompt_template", old_template)
-                self._install_prompts(texts, images)
+                if engine is not None:  # unconfigured: checked now, embedded by configure
+                    engine.prompt_template = values.get("prompt_template", old_template)
+                    self._install_prompts(texts, images)
             except (PromptError, ValueError) as exc:
-                self.engine.prompt_template = old_template
+                if engine is not None:
+                    engine.prompt_template = old_template
                 self.get_logger().warning(f"rejected prompts: {exc}")
                 return SetParametersResult(successful=False, reason=str(exc))
         if "num_threads" in values:
@@ -302,6 +442,11 @@ class ClipSegNode(Node):
 
     def _on_prompts_topic(self, msg: String) -> None:
         texts = parse_prompt_text(msg.data)
+        if not texts:
+            self._warn("prompts_topic", f"~/prompts message {msg.data[:40]!r} holds no prompt (empty, whitespace "
+                       "or separators only): prompts unchanged. To clear them, call ~/set_prompts with an "
+                       "empty request or set the prompts parameter to [].")
+            return
         result = self._set_text_prompts(texts)
         if not result.successful:
             self.get_logger().warning(f"~/prompts message refused: {result.reason}")
@@ -322,8 +467,7 @@ class ClipSegNode(Node):
             self._check_prompt_count(len(self._param("prompts")) + len(names), self._settings["max_prompts"])
             self._embed_image_prompt(name, msg)
         except PromptError as exc:
-            self.get_logger().warning(f"~/prompt_image '{name}' refused: {exc}",
-                                      throttle_duration_sec=WARN_THROTTLE_S)
+            self._warn("prompt_image", f"~/prompt_image '{name}' refused: {exc}")
             return
         result = self._set_text_prompts(self._param("prompts"), names)
         if not result.successful:
@@ -340,7 +484,10 @@ class ClipSegNode(Node):
         if len(request.image_prompts) != len(request.image_prompt_names):
             return refuse(f"{len(request.image_prompts)} image_prompts but {len(request.image_prompt_names)} "
                           "image_prompt_names: give one name per image")
-        texts = self._prompt_texts(request.prompts)
+        empty = [i for i, t in enumerate(request.prompts) if not t.strip()]
+        if empty:
+            return refuse(f"prompt {empty[0]} is empty (an empty request clears all prompts)")
+        texts = self._prompt_texts(request.prompts)  # trimmed, duplicates dropped
         names = [(n.strip() or f"image_prompt_{i}") for i, n in enumerate(request.image_prompt_names)]
         if len(set(names)) != len(names):
             return refuse(f"duplicate image prompt names: {names}")
@@ -370,22 +517,53 @@ class ClipSegNode(Node):
             seen[name] = i
             prefix = "~/" if len(topics) == 1 else f"~/{name}/"
             cameras.append(Camera(name=name, topic=topic, compressed=topic.rstrip("/").endswith("/compressed"),
-                                  prefix=prefix))
+                                  prefix=prefix, stats=diagnostics.StreamStats(topic, time.monotonic())))
         return cameras
 
     def _on_image(self, cam: Camera, msg) -> None:
+        now = time.monotonic()
+        if not cam.compressed:
+            # Refuse oversized frames here, before anything holds on to them.
+            reason = self._too_large(msg.width, msg.height)
+            if reason:
+                cam.stats.on_received(now, superseded=False)
+                self._refuse_frame(cam, now, reason)
+                return
         with self._lock:
-            if cam.pending is not None:
-                cam.dropped += 1
-            cam.pending = msg
-            cam.received += 1
+            superseded = cam.pending is not None
+            cam.pending = (msg, now)
             self._lock.notify_all()
+        cam.stats.on_received(now, superseded)
+
+    def _too_large(self, width: int, height: int) -> str | None:
+        limit = self._settings["max_image_pixels"]
+        if width * height > limit:
+            return f"{width}x{height} has {width * height} pixels, over max_image_pixels={limit}"
+        return None
+
+    def _refuse_frame(self, cam: Camera, now: float, reason: str) -> None:
+        cam.stats.on_unreadable(now, reason)
+        self._warn(f"{cam.name}:unreadable", f"{cam.topic}: frame skipped: {reason}")
+
+    def _warn(self, key: str, text: str, error: bool = False) -> None:
+        """Log at most once per WARN_THROTTLE_S for each ``key`` (a kind of problem, per camera),
+        saying how many were held back, so a 30 Hz stream of garbage cannot flood the log."""
+        now = time.monotonic()
+        with self._warn_lock:
+            last, held_back = self._warned.get(key, (float("-inf"), 0))
+            if now - last < WARN_THROTTLE_S:
+                self._warned[key] = (last, held_back + 1)
+                return
+            self._warned[key] = (now, 0)
+        if held_back:
+            text += f" [{held_back} more like this in the last {now - last:.0f} s]"
+        (self.get_logger().error if error else self.get_logger().warning)(text)
 
     # ------------------------------------------------------------------ throttled loop
-    def _run_worker(self) -> None:
+    def _run_worker(self, stop: threading.Event) -> None:
         next_due = 0.0
-        while not self._stop.is_set():
-            batch = self._wait_for_frames(next_due)
+        while not stop.is_set():
+            batch = self._wait_for_frames(stop, next_due)
             if not batch:
                 continue
             started = time.monotonic()
@@ -394,45 +572,65 @@ class ClipSegNode(Node):
             try:
                 self._process(batch)
             except Exception as exc:  # noqa: BLE001 - a bad frame must never stop the loop
-                self.get_logger().error(f"segmentation failed, frame dropped: {type(exc).__name__}: {exc}",
-                                        throttle_duration_sec=WARN_THROTTLE_S)
+                self._warn("process", f"frame dropped: {type(exc).__name__}: {exc}", error=True)
 
-    def _wait_for_frames(self, next_due: float) -> list[tuple[Camera, object]]:
+    def _wait_for_frames(self, stop: threading.Event, next_due: float) -> list[tuple[Camera, object, float]]:
         with self._lock:
-            while not self._stop.is_set():
+            while not stop.is_set():
                 ready = [c for c in self.cameras if c.pending is not None]
                 delay = next_due - time.monotonic()
                 if ready and delay <= 0:
-                    batch = [(c, c.pending) for c in ready]
+                    batch = [(c, *c.pending) for c in ready]
                     for c in ready:
                         c.pending = None
                     return batch
                 self._lock.wait(timeout=min(delay, 0.5) if ready else 0.5)
         return []
 
-    def _process(self, batch: list[tuple[Camera, object]]) -> None:
-        prompt_set = self._prompt_set  # one consistent set for the whole batch
-        settings = self._settings
-        cams, images, headers = [], [], []
-        for cam, msg in batch:
+    def _process(self, batch: list[tuple[Camera, object, float]]) -> None:
+        # One consistent prompt set, engine and settings for the whole batch: a prompt change
+        # during inference applies from the next frame on.
+        prompt_set, settings, engine = self._prompt_set, self._settings, self.engine
+        if engine is None or prompt_set is None:
+            return
+        cams, images, headers, arrivals = [], [], [], []
+        for cam, msg, received_at in batch:
             try:
                 rgb = compressed_imgmsg_to_rgb8(msg) if cam.compressed else imgmsg_to_rgb8(msg)
+                reason = self._too_large(rgb.shape[1], rgb.shape[0])
+                if reason:
+                    raise ImageConversionError(reason)
             except ImageConversionError as exc:
-                self.get_logger().warning(f"{cam.topic}: frame skipped: {exc}", throttle_duration_sec=WARN_THROTTLE_S)
+                self._refuse_frame(cam, time.monotonic(), str(exc))
                 continue
             cams.append(cam)
             images.append(rgb)
             headers.append(msg.header)
+            arrivals.append(received_at)
         if not images:
             return
-        results = self.engine.segment_batch(images, prompt_set, threshold=settings["threshold"],
-                                            output_size=settings["mask_resolution"])
-        for cam, rgb, header, result in zip(cams, images, headers, results):
-            self._publish(cam, rgb, header, result, settings)
-            cam.processed += 1
+        oom_retries = engine.oom_retries
+        try:
+            results = engine.segment_batch(images, prompt_set, threshold=settings["threshold"],
+                                           output_size=settings["mask_resolution"])
+        except Exception as exc:  # noqa: BLE001 - out of memory, driver errors: drop the frame, go on
+            reason = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+            for cam in cams:
+                cam.stats.on_failed(reason)
+            if isinstance(exc, OUT_OF_MEMORY_ERRORS):
+                engine.release_cache()
+            self._warn("inference", f"segmentation failed, {len(images)} frame(s) dropped: {reason}", error=True)
+            return
+        if engine.oom_retries != oom_retries:
+            self._warn("oom", "out of GPU memory: freed the cache and retried in smaller batches (fewer prompts, "
+                       "fewer cameras or dtype float16 would avoid it)")
+        for cam, rgb, header, received_at, result in zip(cams, images, headers, arrivals, results):
+            if self._publish(cam, rgb, header, result, settings):
+                now = time.monotonic()
+                cam.stats.on_published(now, result.timings_ms.get("total", 0.0), (now - received_at) * 1e3)
         self.frames_processed += len(results)
 
-    def _publish(self, cam: Camera, rgb, header, result, settings: dict) -> None:
+    def _publish(self, cam: Camera, rgb, header, result, settings: dict) -> bool:
         pubs = cam.publishers
         inference_ms = result.timings_ms.get("total", 0.0)
         try:
@@ -446,29 +644,67 @@ class ClipSegNode(Node):
                                          alpha=settings["overlay_alpha"],
                                          scores=[s.max_score for s in result.stats])
                 pubs["overlay"].publish(cv2_to_imgmsg(overlay, "bgr8", header))
+            return True
         except Exception as exc:  # noqa: BLE001 - e.g. RCLError when a reliable subscriber lags
-            self.get_logger().warning(f"{cam.name}: publishing failed: {exc}", throttle_duration_sec=WARN_THROTTLE_S)
+            self._warn(f"{cam.name}:publish", f"{cam.name}: publishing failed: {exc}")
+            return False
+
+    # ------------------------------------------------------------------ diagnostics
+    def _publish_diagnostics(self) -> None:
+        now = time.monotonic()
+        name = self.get_name()
+        engine = self.engine
+        device = str(engine.device) if engine is not None else self._param("device")
+        prompt_set = self._prompt_set
+        prompts = list(prompt_set.names) if prompt_set is not None else self._param("prompts")
+        if self._load_error:
+            level, message = diagnostics.ERROR, f"model not loaded: {self._load_error}"
+        else:
+            level, message = diagnostics.OK, self._state
+        values = {
+            "state": self._state,
+            "model": self._param("model"),
+            "device": device,
+            "dtype": str(engine.dtype).replace("torch.", "") if engine is not None else self._param("dtype"),
+            "active prompts": str(len(prompts)),
+            "prompts": "; ".join(prompts),
+            "rate (Hz)": f"{self._settings['rate']:g}",
+            "frames processed": str(self.frames_processed),
+            "out-of-memory retries": str(engine.oom_retries if engine is not None else 0),
+        }
+        array = DiagnosticArray()
+        array.header.stamp = self.get_clock().now().to_msg()
+        array.status.append(diagnostics.make_status(level, f"{name}: model", message, device, values))
+        if self._state == "active":
+            for cam in self.cameras:
+                lvl, msg, cam_values = cam.stats.assess(now, self._settings["input_timeout"],
+                                                        self._settings["max_latency"])
+                array.status.append(diagnostics.make_status(lvl, f"{name}: {cam.name}", msg, device, cam_values))
+        try:
+            self._diagnostics_pub.publish(array)
+        except Exception as exc:  # noqa: BLE001 - shutting down
+            self._warn("diagnostics", f"publishing diagnostics failed: {exc}")
 
     # ------------------------------------------------------------------ lifetime
     def destroy_node(self) -> None:
-        self._stop.set()
-        if self._worker is None:
-            super().destroy_node()
-            return
-        with self._lock:
-            self._lock.notify_all()
-        if self._worker.is_alive() and threading.current_thread() is not self._worker:
-            self._worker.join(timeout=5.0)
+        self._stop_work(join_timeout=1.5)  # Ctrl-C must end the process within 2 s
         super().destroy_node()
 
 
 def main(args=None) -> int:
+    """``clipseg_node``: exit status 0 on Ctrl-C/SIGTERM, 1 when parameters or the model are
+    unusable (plain mode; in lifecycle mode a failed configure leaves the node unconfigured)."""
     rclpy.init(args=args)
     node = None
     try:
         node = ClipSegNode()
+        if not node._param("lifecycle"):
+            if node.trigger_configure() != TransitionCallbackReturn.SUCCESS:
+                return 1  # the reason is logged by on_configure
+            if node.trigger_activate() != TransitionCallbackReturn.SUCCESS:
+                return 1
         rclpy.spin(node)
-    except (ModelLoadError, ValueError) as exc:
+    except ValueError as exc:
         rclpy.logging.get_logger("clipseg").fatal(str(exc))
         return 1
     except (KeyboardInterrupt, ExternalShutdownException):

@@ -18,6 +18,7 @@ ARGUMENTS = {
     "model": ("CIDAS/clipseg-rd64-refined", "hub id or local checkpoint directory"),
     "device": ("auto", "auto | cpu | cuda | cuda:<index>"),
     "rate": ("5.0", "segmentation rate in Hz (0 = as fast as possible)"),
+    "lifecycle": ("false", "true: managed node, waits for 'ros2 lifecycle set <node> configure' and 'activate'"),
     "params_file": ("", "parameter YAML (default: the package's config/clipseg.yaml)"),
     "namespace": ("", "namespace for the node"),
     "rviz": ("false", "start rviz2 with config/clipseg.rviz"),
@@ -28,7 +29,8 @@ def _node(context):
     share = get_package_share_directory("clipseg_ros")
     arg = lambda name: LaunchConfiguration(name).perform(context)  # noqa: E731
     params_file = arg("params_file") or os.path.join(share, "config", "clipseg.yaml")
-    overrides = {"model": arg("model"), "device": arg("device"), "rate": float(arg("rate"))}
+    overrides = {"model": arg("model"), "device": arg("device"), "rate": float(arg("rate")),
+                 "lifecycle": arg("lifecycle").lower() in ("true", "1")}
     prompts = [p.strip() for p in arg("prompts").split(";") if p.strip()]
     if prompts:
         overrides["prompts"] = prompts

@@ -44,7 +44,7 @@ def test_launch_arguments_map_to_declared_parameters():
     assert set(args) - LAUNCH_ONLY <= set(DECLARED), set(args) - LAUNCH_ONLY - set(DECLARED)
     for name in set(args) - LAUNCH_ONLY - {"prompts"}:
         default = args[name][0]
-        assert str(DECLARED[name]) == default, name
+        assert str(DECLARED[name]).lower() == default.lower(), name
 
 
 def test_launch_and_config_are_installed():
