@@ -359,7 +359,7 @@ class SegmentationEngine:
             enc = self.tokenizer(missing, padding="longest", truncation=True,
                                  max_length=self.max_text_tokens, return_tensors="pt",
                                  return_overflowing_tokens=False)
-            untruncated = self.tokenizer(missing, padding=False, truncation=False)["input_ids"]
+            untruncated = self.tokenizer(missing, padding=False, truncation=False, verbose=False)["input_ids"]
             for text, ids in zip(missing, untruncated):
                 if len(ids) > self.max_text_tokens:
                     warnings.append(f"prompt '{_ellipsize(text)}' has {len(ids)} tokens; truncated to "

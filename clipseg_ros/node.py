@@ -54,6 +54,7 @@ _STREAM_WORDS = {"image", "image_raw", "image_rect", "image_rect_color", "image_
 # subscriptions are compatible with a reliable publisher).
 OUTPUT_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=ReliabilityPolicy.RELIABLE)
 WARN_THROTTLE_S = 5.0  # one log line per kind of problem (and camera) per this many seconds
+_MAX_WARNING_KEYS = 256
 
 
 def parse_prompt_text(text: str) -> list[str]:
@@ -443,7 +444,7 @@ class ClipSegNode(LifecycleNode):
     def _on_prompts_topic(self, msg: String) -> None:
         texts = parse_prompt_text(msg.data)
         if not texts:
-            self._warn("prompts_topic", f"~/prompts message {msg.data[:40]!r} holds no prompt (empty, whitespace "
+            self._warn(f"prompts_topic:{msg.data[:40]!r}", f"~/prompts message {msg.data[:40]!r} holds no prompt (empty, whitespace "
                        "or separators only): prompts unchanged. To clear them, call ~/set_prompts with an "
                        "empty request or set the prompts parameter to [].")
             return
@@ -543,7 +544,10 @@ class ClipSegNode(LifecycleNode):
 
     def _refuse_frame(self, cam: Camera, now: float, reason: str) -> None:
         cam.stats.on_unreadable(now, reason)
-        self._warn(f"{cam.name}:unreadable", f"{cam.topic}: frame skipped: {reason}")
+        # Throttled per camera and kind of problem (numbers and quoted names masked), so a
+        # different problem is still reported while a flood of the same one is not.
+        kind = re.sub(r"'[^']*'|\d+", "#", reason)[:80]
+        self._warn(f"{cam.name}:unreadable:{kind}", f"{cam.topic}: frame skipped: {reason}")
 
     def _warn(self, key: str, text: str, error: bool = False) -> None:
         """Log at most once per WARN_THROTTLE_S for each ``key`` (a kind of problem, per camera),
@@ -554,10 +558,16 @@ class ClipSegNode(LifecycleNode):
             if now - last < WARN_THROTTLE_S:
                 self._warned[key] = (last, held_back + 1)
                 return
+            if len(self._warned) >= _MAX_WARNING_KEYS:  # bounded: forget lines logged long ago
+                self._warned = {k: v for k, v in self._warned.items() if now - v[0] < WARN_THROTTLE_S}
             self._warned[key] = (now, 0)
         if held_back:
             text += f" [{held_back} more like this in the last {now - last:.0f} s]"
-        (self.get_logger().error if error else self.get_logger().warning)(text)
+        # rclpy pins one severity per call site: two calls, not one call with a chosen method.
+        if error:
+            self.get_logger().error(text)
+        else:
+            self.get_logger().warning(text)
 
     # ------------------------------------------------------------------ throttled loop
     def _run_worker(self, stop: threading.Event) -> None:
@@ -603,6 +613,9 @@ class ClipSegNode(LifecycleNode):
             except ImageConversionError as exc:
                 self._refuse_frame(cam, time.monotonic(), str(exc))
                 continue
+            if not cam.compressed and msg.encoding.lower() == "16uc1":
+                self._warn(f"{cam.name}:16uc1", f"{cam.topic}: 16UC1 frames are read as 16-bit grey; if this is a "
+                           "depth image, remap the camera input to the colour stream")
             cams.append(cam)
             images.append(rgb)
             headers.append(msg.header)

@@ -115,8 +115,16 @@ def label_from_masks(masks: np.ndarray, threshold: float) -> np.ndarray:
         better = cv2.compare(masks[k], best, cv2.CMP_GT)  # 255 where strictly greater
         cv2.max(best, masks[k], dst=best)
         value = min(k + 1, MAX_LABELS)
-        label = cv2.bitwise_or(cv2.bitwise_and(label, cv2.bitwise_not(better)), cv2.bitwise_and(better, value))
-    return cv2.bitwise_and(label, cv2.compare(best, mask_level(threshold), cv2.CMP_GE))
+        label = cv2.bitwise_or(cv2.bitwise_and(label, cv2.bitwise_not(better)),
+                               cv2.threshold(better, 0, value, cv2.THRESH_BINARY)[1])
+    return cv2.bitwise_and(label, at_least(best, mask_level(threshold)))
+
+
+def at_least(plane: np.ndarray, level: int) -> np.ndarray:
+    """255 where the uint8 ``plane`` >= ``level``, else 0. cv2.threshold rather than
+    cv2.compare with a Python scalar, which OpenCV's binding mistakes for an array when the plane
+    has 1-4 pixels (a 1x1 camera frame then raised)."""
+    return cv2.threshold(plane, level - 1, 255, cv2.THRESH_BINARY)[1]
 
 
 def mask_level(threshold: float) -> int:
@@ -139,7 +147,7 @@ def mask_stats(masks: np.ndarray, prompts: Sequence[str], max_scores: Sequence[f
     level = mask_level(threshold)
     stats = []
     for k in range(masks.shape[0]):
-        inside = cv2.compare(masks[k], level, cv2.CMP_GE)
+        inside = at_least(masks[k], level)
         area = cv2.countNonZero(inside)
         if area:
             x, y, w, h = cv2.boundingRect(inside)

@@ -97,9 +97,63 @@ class RosClient:
         wait_for(future.done, timeout, what=f"reply from {client.srv_name}")
         return future.result()
 
+    def set_params(self, node: str, **values):
+        from rcl_interfaces.srv import SetParameters
+        from rclpy.parameter import Parameter
+
+        srv = self.node.create_client(SetParameters, f"/{node}/set_parameters")
+        req = SetParameters.Request(parameters=[Parameter(k, value=v).to_parameter_msg() for k, v in values.items()])
+        return self.call(srv, req).results
+
+    def get_param(self, node: str, name: str):
+        from rcl_interfaces.msg import Parameter as ParameterMsg
+        from rcl_interfaces.srv import GetParameters
+        from rclpy.parameter import Parameter
+
+        srv = self.node.create_client(GetParameters, f"/{node}/get_parameters")
+        value = self.call(srv, GetParameters.Request(names=[name])).values[0]
+        return Parameter.from_parameter_msg(ParameterMsg(name=name, value=value)).value
+
     def close(self):
         self._spinner.stop()
         self.node.destroy_node()
+
+
+class CameraPublisher:
+    """Publishes numbered frames (frame_id 'seq:<n>') on a topic."""
+
+    def __init__(self, client, topic, h=48, w=64, compressed=False):
+        from sensor_msgs.msg import CompressedImage, Image
+
+        self.client, self.h, self.w, self.compressed = client, h, w, compressed
+        self.pub = client.node.create_publisher(CompressedImage if compressed else Image, topic, 10)
+        self.seq = 0
+
+    def publish(self, img=None):
+        from clipseg_ros.conversions import cv2_to_compressed_imgmsg, cv2_to_imgmsg
+
+        img = make_image(self.h, self.w, self.seq) if img is None else img
+        if self.compressed:
+            msg = cv2_to_compressed_imgmsg(img[:, :, ::-1], "png")
+        else:
+            msg = cv2_to_imgmsg(img, "rgb8")
+        msg.header.frame_id = f"seq:{self.seq}"
+        msg.header.stamp.sec, msg.header.stamp.nanosec = 1000 + self.seq, 12345
+        self.pub.publish(msg)
+        self.seq += 1
+        return msg
+
+    def publish_until(self, received, count=1, timeout=30.0, period=0.05):
+        start = len(received)
+
+        def step():
+            self.publish()
+            time.sleep(period)  # the camera's frame period, not synchronisation
+            return len(received) >= start + count
+
+        wait_for(step, timeout, 0, f"{count} results")
+        return received[start:]
+
 
 
 def make_image(h: int, w: int, seed: int) -> np.ndarray:

@@ -9,17 +9,15 @@ import pytest
 
 rclpy = pytest.importorskip("rclpy")
 
-from rcl_interfaces.srv import GetParameters, SetParameters  # noqa: E402
-from rclpy.parameter import Parameter  # noqa: E402
-from sensor_msgs.msg import CompressedImage, Image  # noqa: E402
+from sensor_msgs.msg import Image  # noqa: E402
 from std_msgs.msg import String  # noqa: E402
 
-from clipseg_ros.conversions import cv2_to_compressed_imgmsg, cv2_to_imgmsg, imgmsg_to_cv2  # noqa: E402
+from clipseg_ros.conversions import cv2_to_imgmsg, imgmsg_to_cv2  # noqa: E402
 from clipseg_ros.node import camera_name_from_topic, parse_prompt_text  # noqa: E402
 from clipseg_ros.postprocess import mask_level  # noqa: E402
 from clipseg_ros_interfaces.msg import Confidences, Segmentation  # noqa: E402
 from clipseg_ros_interfaces.srv import SetPrompts  # noqa: E402
-from ros_helpers import NodeProcess, RosClient, make_image, wait_for  # noqa: E402
+from ros_helpers import CameraPublisher, NodeProcess, RosClient, make_image, wait_for  # noqa: E402
 
 NODE = "clipseg_test"
 
@@ -48,52 +46,8 @@ def node(tiny_checkpoint, tmp_path_factory, ros):
     assert "Traceback" not in proc.log()
 
 
-class Camera:
-    """Publishes numbered frames (frame_id 'seq:<n>') on a topic."""
-
-    def __init__(self, client, topic, h=48, w=64, compressed=False):
-        self.client, self.h, self.w, self.compressed = client, h, w, compressed
-        self.pub = client.node.create_publisher(CompressedImage if compressed else Image, topic, 10)
-        self.seq = 0
-
-    def publish(self, img=None):
-        img = make_image(self.h, self.w, self.seq) if img is None else img
-        if self.compressed:
-            msg = cv2_to_compressed_imgmsg(img[:, :, ::-1], "png")
-        else:
-            msg = cv2_to_imgmsg(img, "rgb8")
-        msg.header.frame_id = f"seq:{self.seq}"
-        msg.header.stamp.sec, msg.header.stamp.nanosec = 1000 + self.seq, 12345
-        self.pub.publish(msg)
-        self.seq += 1
-        return msg
-
-    def publish_until(self, received, count=1, timeout=30.0, period=0.05):
-        start = len(received)
-
-        def step():
-            self.publish()
-            time.sleep(period)  # the camera's frame period, not synchronisation
-            return len(received) >= start + count
-
-        wait_for(step, timeout, 0, f"{count} results")
-        return received[start:]
-
-
 def seq_of(msg) -> int:
     return int(msg.header.frame_id.split(":")[1])
-
-
-def set_params(client, **values):
-    srv = client.node.create_client(SetParameters, f"/{NODE}/set_parameters")
-    req = SetParameters.Request(parameters=[Parameter(k, value=v).to_parameter_msg() for k, v in values.items()])
-    return client.call(srv, req).results
-
-
-def get_param(client, name):
-    srv = client.node.create_client(GetParameters, f"/{NODE}/get_parameters")
-    value = client.call(srv, GetParameters.Request(names=[name])).values[0]
-    return Parameter.from_parameter_msg(__import__("rcl_interfaces.msg").msg.Parameter(name=name, value=value)).value
 
 
 def test_prompt_text_parsing():
@@ -112,7 +66,7 @@ def test_outputs_match_input(node, client):
     confs = client.collect(Confidences, f"/{NODE}/confidences")
     labels = client.collect(Image, f"/{NODE}/label")
     overlays = client.collect(Image, f"/{NODE}/overlay")
-    cam = Camera(client, "/test_cam/image_raw", h=360, w=480)
+    cam = CameraPublisher(client, "/test_cam/image_raw", h=360, w=480)
     seg = cam.publish_until(segs)[0]
     wait_for(lambda: confs and labels and overlays, 10, what="all outputs")
 
@@ -150,7 +104,7 @@ def test_outputs_match_input(node, client):
 
 def test_prompts_by_topic_service_and_parameter_stay_in_sync(node, client):
     segs = client.collect(Segmentation, f"/{NODE}/segmentation")
-    cam = Camera(client, "/test_cam/image_raw")
+    cam = CameraPublisher(client, "/test_cam/image_raw")
     prompt_pub = client.node.create_publisher(String, f"/{NODE}/prompts", 10)
 
     def active_prompts_become(expected):
@@ -159,7 +113,7 @@ def test_prompts_by_topic_service_and_parameter_stay_in_sync(node, client):
             time.sleep(0.05)
             return segs and list(segs[-1].prompts) == expected
         wait_for(check, 30, 0, f"prompts {expected}")
-        assert get_param(client, "prompts") == [p for p in expected if not p.startswith("img:")]
+        assert client.get_param(NODE, "prompts") == [p for p in expected if not p.startswith("img:")]
 
     # topic: ';' and newline separated, trimmed, duplicates dropped
     wait_for(lambda: prompt_pub.get_subscription_count() > 0, 10, what="prompt subscriber")
@@ -167,7 +121,7 @@ def test_prompts_by_topic_service_and_parameter_stay_in_sync(node, client):
     active_prompts_become(["mug", "bottle"])
 
     # parameter
-    assert set_params(client, prompts=["chair"])[0].successful
+    assert client.set_params(NODE, prompts=["chair"])[0].successful
     active_prompts_become(["chair"])
 
     # service: text + image prompts in one call
@@ -201,18 +155,18 @@ def test_prompts_by_topic_service_and_parameter_stay_in_sync(node, client):
 def test_invalid_parameters_are_rejected_and_old_values_kept(node, client):
     for name, value in [("threshold", 2.0), ("mask_resolution", "bogus"), ("prompt_template", "no slot"),
                         ("prompts", ["ok", ""]), ("rate", -1.0)]:
-        result = set_params(client, **{name: value})[0]
+        result = client.set_params(NODE, **{name: value})[0]
         assert not result.successful, name
-    assert get_param(client, "threshold") == pytest.approx(0.4)
-    assert get_param(client, "mask_resolution") == "input"
-    assert get_param(client, "prompts") == ["cup", "door handle"]
-    assert not set_params(client, model="other")[0].successful  # read-only
+    assert client.get_param(NODE, "threshold") == pytest.approx(0.4)
+    assert client.get_param(NODE, "mask_resolution") == "input"
+    assert client.get_param(NODE, "prompts") == ["cup", "door handle"]
+    assert not client.set_params(NODE, model="other")[0].successful  # read-only
 
 
 def test_mask_resolution_model_and_template(node, client):
     segs = client.collect(Segmentation, f"/{NODE}/segmentation")
-    cam = Camera(client, "/test_cam/image_raw", h=45, w=70)
-    assert set_params(client, mask_resolution="model", prompt_template="a photo of a {}.")[0].successful
+    cam = CameraPublisher(client, "/test_cam/image_raw", h=45, w=70)
+    assert client.set_params(NODE, mask_resolution="model", prompt_template="a photo of a {}.")[0].successful
     try:
         def model_grid():
             cam.publish()
@@ -221,13 +175,13 @@ def test_mask_resolution_model_and_template(node, client):
         wait_for(model_grid, 30, 0, "352x352 masks")
         assert list(segs[-1].prompts) == ["cup", "door handle"]  # names stay untemplated
     finally:
-        assert set_params(client, mask_resolution="input", prompt_template="{}")[0].successful
+        assert client.set_params(NODE, mask_resolution="input", prompt_template="{}")[0].successful
 
 
 def test_throttled_to_rate_and_always_newest_frame(node, client):
     segs = client.collect(Segmentation, f"/{NODE}/segmentation")
-    assert set_params(client, rate=2.0)[0].successful
-    cam = Camera(client, "/test_cam/image_raw")
+    assert client.set_params(NODE, rate=2.0)[0].successful
+    cam = CameraPublisher(client, "/test_cam/image_raw")
     published_at: list[tuple[float, int]] = []
     received_at: list[tuple[float, int]] = []
     client.node.create_subscription(
@@ -241,7 +195,7 @@ def test_throttled_to_rate_and_always_newest_frame(node, client):
             published_at.append((time.monotonic(), cam.seq - 1))
             time.sleep(1 / 30)
     finally:
-        assert set_params(client, rate=0.0)[0].successful
+        assert client.set_params(NODE, rate=0.0)[0].successful
     n = len(received_at)
     assert 6 <= n <= 10, f"{n} outputs in 4 s at rate 2"
     for t_recv, seq in received_at:
@@ -262,8 +216,8 @@ def test_two_cameras_one_compressed(tiny_checkpoint, tmp_path, client):
         proc.wait_ready()
         front = client.collect(Segmentation, f"/{name}/front_color/segmentation")
         left = client.collect(Segmentation, f"/{name}/left/segmentation")
-        cam_a = Camera(client, "/front/color/image_raw", h=40, w=60)
-        cam_b = Camera(client, "/left/image_raw/compressed", h=30, w=50, compressed=True)
+        cam_a = CameraPublisher(client, "/front/color/image_raw", h=40, w=60)
+        cam_b = CameraPublisher(client, "/left/image_raw/compressed", h=30, w=50, compressed=True)
         wait_for(lambda: cam_a.pub.get_subscription_count() and cam_b.pub.get_subscription_count(), 20,
                  what="the node to subscribe to both cameras")
 

@@ -99,6 +99,23 @@ def test_label_matches_numpy_argmax_on_random_masks():
     assert np.array_equal(label_from_masks(masks, 0.5), ref)
 
 
+@pytest.mark.parametrize("shape", [(1, 1), (1, 4), (4, 1), (2, 2), (1, 3), (10, 4000)])
+def test_tiny_and_thin_images(shape):
+    # OpenCV's binding reads a Python scalar as an array when a plane has 1-4 pixels.
+    rng = np.random.default_rng(1)
+    masks = rng.integers(0, 256, (3, *shape), dtype=np.uint8)
+    ref = masks.argmax(0).astype(np.uint8) + 1
+    ref[masks.max(0) < 102] = 0
+    assert np.array_equal(label_from_masks(masks, 0.4), ref)
+    probs = rng.random((3, 8, 8)).astype(np.float32)
+    result = postprocess_logits(logits_from_probs(probs), ["a", "b", "c"], shape, threshold=0.4)
+    assert result.masks.shape == (3, *shape) and result.label.shape == shape
+    for k, st in enumerate(result.stats):
+        assert st.area_fraction == pytest.approx((result.masks[k] >= 102).mean())
+    overlay = render_overlay(np.zeros((*shape, 3), np.uint8), result.label, result.prompts)
+    assert overlay.shape == (*shape, 3)
+
+
 def test_upsampling_is_bilinear_half_pixel():
     probs = np.array([[[0.0, 1.0]]], np.float32)  # 1x2 grid -> 1x4: 0, .25, .75, 1
     r = postprocess_logits(logits_from_probs(probs), ["p"], (1, 4), threshold=0.5)
