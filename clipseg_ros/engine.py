@@ -302,6 +302,10 @@ class SegmentationEngine:
         torch_dtype = resolve_dtype(dtype, torch_device)
         is_local = os.path.isdir(os.path.expanduser(model))
         source = os.path.expanduser(model) if is_local else model
+        looks_like_path = model.startswith(("/", ".", "~")) or not re.fullmatch(r"[\w.-]+(/[\w.-]+)?", model)
+        if looks_like_path and not is_local:  # hub ids are "name" or "owner/name"
+            raise ModelLoadError(f"cannot load CLIPSeg model: local directory '{source}' does not exist. "
+                                 "Set model to a directory saved with save_pretrained, or to a hub id.")
         kwargs = {}
         if local_files_only is not None:
             kwargs["local_files_only"] = local_files_only

@@ -28,8 +28,9 @@ class NodeProcess:
     """``python -m clipseg_ros.node`` in a subprocess, with its log kept for assertions."""
 
     def __init__(self, name: str, params: dict, log_dir: Path, remaps: dict | None = None,
-                 params_file: str | None = None):
+                 params_file: str | None = None, env: dict | None = None, ready_text: str = "segmenting"):
         self.name = name
+        self.ready_text = ready_text
         self.log_path = Path(log_dir) / f"{name}.log"
         args = [sys.executable, "-m", "clipseg_ros.node", "--ros-args", "-r", f"__node:={name}"]
         if params_file:
@@ -39,7 +40,7 @@ class NodeProcess:
         for src, dst in (remaps or {}).items():
             args += ["-r", f"{src}:={dst}"]
         self._log = open(self.log_path, "w")
-        env = dict(os.environ, PYTHONUNBUFFERED="1", RCUTILS_LOGGING_BUFFERED_STREAM="0")
+        env = dict(os.environ, PYTHONUNBUFFERED="1", RCUTILS_LOGGING_BUFFERED_STREAM="0", **(env or {}))
         self.proc = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT, env=env,
                                      start_new_session=True)
 
@@ -50,9 +51,20 @@ class NodeProcess:
         def ready():
             if self.proc.poll() is not None:
                 raise AssertionError(f"node exited with {self.proc.returncode}:\n{self.log()}")
-            return "segmenting" in self.log()
+            return self.ready_text in self.log()
 
         wait_for(ready, timeout, 0.1, f"node {self.name} to start")
+
+    def wait_exit(self, timeout: float = 60.0) -> int:
+        """Wait for the process to end by itself; its exit status."""
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise AssertionError(f"node did not exit within {timeout} s:\n{self.log()}") from None
+        finally:
+            self._log.close()
 
     def stop(self, timeout: float = 10.0) -> int:
         if self.proc.poll() is None:
