@@ -88,6 +88,7 @@ class Soak:
         self.rss: list[tuple[float, float]] = []
         self.prompt_changes: list[tuple[float, tuple]] = []
         self.diagnostics = None
+        self.model_ms: list[tuple[float, float]] = []  # (time, the node's model latency p50 per camera)
         self._stop = threading.Event()
         for cam in CAMERAS:
             self.node.create_subscription(Segmentation, f"/{NODE}/{cam}/segmentation",
@@ -103,6 +104,11 @@ class Soak:
     def _on_diagnostics(self, msg):
         if any(s.name.startswith(f"{NODE}:") for s in msg.status):
             self.diagnostics = msg
+            now = time.monotonic()
+            for status in msg.status:
+                values = {kv.key: kv.value for kv in status.values}
+                if values.get("model latency p50 (ms)", "n/a") != "n/a":
+                    self.model_ms.append((now, float(values["model latency p50 (ms)"])))
 
     def _camera(self, cam, hz):
         period, next_t = 1.0 / hz, time.monotonic()
@@ -178,10 +184,14 @@ def analyse(soak: Soak, start: float, seconds: float, window: float) -> dict:
         outs = [o for o in soak.outputs if lo <= o[0] < hi]
         lat = [o[2] for o in outs]
         rss = [r for t, r in soak.rss if lo <= t < hi]
+        model = [m for t, m in soak.model_ms if lo <= t < hi]
         windows.append({
             "t_s": round((i + 1) * window, 1),
             "outputs_hz": {c: round(sum(1 for o in outs if o[1] == c) / window, 2) for c in CAMERAS},
             "latency_ms_p50": pct(lat, 50), "latency_ms_p95": pct(lat, 95),
+            # The node's own model time (its diagnostics): latency rising with it is a slower
+            # machine; latency rising without it would be queueing.
+            "model_ms_p50": pct(model, 50),
             "rss_mib": round(max(rss), 1) if rss else None,
         })
     # Prompt switch time: from publishing a set to the first output carrying it.
@@ -211,6 +221,9 @@ def analyse(soak: Soak, start: float, seconds: float, window: float) -> dict:
         "node_counters": counters, "windows": windows,
         "after_warmup": {
             "latency_p50_last_over_first": round(p50s[-1] / p50s[0], 3) if len(p50s) > 1 else None,
+            # Waiting time (latency minus model time) is what a queue would grow.
+            "wait_ms_p50_by_window": [round(w["latency_ms_p50"] - w["model_ms_p50"], 1) for w in warm
+                                      if w["latency_ms_p50"] is not None and w["model_ms_p50"] is not None],
             "rss_growth_mib": round(rss[-1] - rss[0], 1) if len(rss) > 1 else None,
             "rss_range_mib": [min(rss), max(rss)] if rss else None,
         },
@@ -222,11 +235,12 @@ def print_report(r: dict) -> None:
           f"{r['latency_ms_p50']} ms p95 {r['latency_ms_p95']} ms; prompt changes {r['prompt_changes']} "
           f"(seen {r['prompt_changes_seen']}, switch p50 {r['prompt_switch_ms_p50']} ms, "
           f"max {r['prompt_switch_ms_max']} ms)")
-    print("| t (s) | " + " | ".join(f"{c} out (Hz)" for c in CAMERAS) + " | latency p50 (ms) | p95 (ms) | RSS (MiB) |")
-    print("|---:|" + "---:|" * len(CAMERAS) + "---:|---:|---:|")
+    print("| t (s) | " + " | ".join(f"{c} out (Hz)" for c in CAMERAS)
+          + " | latency p50 (ms) | p95 (ms) | model time p50 (ms) | RSS (MiB) |")
+    print("|---:|" + "---:|" * len(CAMERAS) + "---:|---:|---:|---:|")
     for w in r["windows"]:
         print(f"| {w['t_s']} | " + " | ".join(str(w["outputs_hz"][c]) for c in CAMERAS)
-              + f" | {w['latency_ms_p50']} | {w['latency_ms_p95']} | {w['rss_mib']} |")
+              + f" | {w['latency_ms_p50']} | {w['latency_ms_p95']} | {w['model_ms_p50']} | {w['rss_mib']} |")
     for cam, c in r["node_counters"].items():
         print(f"{cam}: received {c['frames received']}, processed {c['frames processed']}, dropped "
               f"{c['dropped: superseded']} superseded (by design), {c['dropped: unreadable']} unreadable, "

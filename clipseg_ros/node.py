@@ -259,7 +259,7 @@ class ClipSegNode(LifecycleNode):
         return TransitionCallbackReturn.SUCCESS
 
     def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self._stop_work(join_timeout=1.5)
+        self._stop_work(join_timeout=0.5)
         self._release_engine()
         self._state = "finalized"
         return TransitionCallbackReturn.SUCCESS
@@ -701,7 +701,9 @@ class ClipSegNode(LifecycleNode):
 
     # ------------------------------------------------------------------ lifetime
     def destroy_node(self) -> None:
-        self._stop_work(join_timeout=1.5)  # Ctrl-C must end the process within 2 s
+        # Ctrl-C must end the process within 2 s: a frame still in flight is abandoned (the
+        # inference thread is a daemon and only publishes through handles that are gone by now).
+        self._stop_work(join_timeout=0.5)
         super().destroy_node()
 
 
