@@ -11,6 +11,8 @@ so latency cannot grow.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import gc
 import os
 import re
@@ -56,6 +58,21 @@ _STREAM_WORDS = {"image", "image_raw", "image_rect", "image_rect_color", "image_
 OUTPUT_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=ReliabilityPolicy.RELIABLE)
 WARN_THROTTLE_S = 5.0  # one log line per kind of problem (and camera) per this many seconds
 _MAX_WARNING_KEYS = 256
+
+
+def _find_malloc_trim():
+    """glibc's malloc_trim, or None (musl, macOS: nothing to do)."""
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None
+
+
+# Per frame, inference allocates and frees tens of MB in mixed sizes from two threads; glibc keeps
+# the freed heap, so RSS wandered by +-30 MB (1150-1219 MiB in a 10 min soak) without a leak.
+# Returning free heap to the OS at most once per second keeps RSS flat (measured: 2.4 ms a call).
+_MALLOC_TRIM = _find_malloc_trim()
+TRIM_PERIOD_S = 1.0
 
 
 def parse_prompt_text(text: str) -> list[str]:
@@ -573,6 +590,7 @@ class ClipSegNode(LifecycleNode):
     # ------------------------------------------------------------------ throttled loop
     def _run_worker(self, stop: threading.Event) -> None:
         next_due = 0.0
+        last_trim = time.monotonic()
         while not stop.is_set():
             batch = self._wait_for_frames(stop, next_due)
             if not batch:
@@ -584,6 +602,9 @@ class ClipSegNode(LifecycleNode):
                 self._process(batch)
             except Exception as exc:  # noqa: BLE001 - a bad frame must never stop the loop
                 self._warn("process", f"frame dropped: {type(exc).__name__}: {exc}", error=True)
+            if _MALLOC_TRIM is not None and time.monotonic() - last_trim >= TRIM_PERIOD_S:
+                _MALLOC_TRIM(0)
+                last_trim = time.monotonic()
 
     def _wait_for_frames(self, stop: threading.Event, next_due: float) -> list[tuple[Camera, object, float]]:
         with self._lock:
