@@ -726,6 +726,11 @@ class ClipSegNode(LifecycleNode):
         # inference thread is a daemon and only publishes through handles that are gone by now).
         self._stop_work(join_timeout=0.5)
         super().destroy_node()
+        # rclpy's LifecycleNode leaves its state machine, and through it the node handle and the
+        # DDS participant, to the garbage collector. Release it now so that shutdown removes the
+        # participant's shared-memory segments in /dev/shm and tells peers it left (a fast exit
+        # would otherwise leave 8 files behind per run and stale peers for others to time out).
+        self._state_machine.destroy_when_not_in_use()
 
 
 def main(args=None) -> int:

@@ -37,3 +37,24 @@ def rng():
 def random_image(rng, h=48, w=64, channels=3):
     shape = (h, w) if channels == 1 else (h, w, channels)
     return rng.integers(0, 256, size=shape, dtype=np.uint8)
+
+
+@pytest.fixture(scope="module")
+def ros():
+    """rclpy initialised for one test module (the node under test runs in its own process or,
+    for fault injection, in this one)."""
+    import rclpy
+
+    rclpy.init()
+    yield
+    rclpy.shutdown()
+
+
+@pytest.fixture(scope="module")
+def client(ros, request):
+    """A test node spun in the background, named after the module."""
+    from ros_helpers import RosClient
+
+    c = RosClient(f"client_{request.module.__name__}")
+    yield c
+    c.close()

@@ -4,6 +4,7 @@ mid-inference, a camera that stops and resumes, signals, and the lifecycle trans
 import signal
 import threading
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -21,21 +22,7 @@ from clipseg_ros.diagnostics import ERROR, OK, WARN, level_of  # noqa: E402
 from clipseg_ros.node import ClipSegNode  # noqa: E402
 from clipseg_ros.spinner import BackgroundSpinner  # noqa: E402
 from clipseg_ros_interfaces.msg import Segmentation  # noqa: E402
-from ros_helpers import CameraPublisher, NodeProcess, RosClient, wait_for  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def ros():
-    rclpy.init()
-    yield
-    rclpy.shutdown()
-
-
-@pytest.fixture(scope="module")
-def client(ros):
-    c = RosClient("clipseg_faults_client")
-    yield c
-    c.close()
+from ros_helpers import CameraPublisher, NodeProcess, wait_for  # noqa: E402
 
 
 def latest_status(diagnostics, name, after=0.0):
@@ -55,6 +42,13 @@ def stamped(client):
     client.node.create_subscription(DiagnosticArray, "/diagnostics",
                                     lambda m: received.append((time.monotonic(), m)), 10)
     return received
+
+
+def shm_segments() -> set:
+    """Fast DDS shared-memory segments (per participant; the port mutexes are shared and stay)."""
+    shm = Path("/dev/shm")
+    names = [p.name for p in shm.iterdir()] if shm.is_dir() else []
+    return {n for n in names if n.startswith("fastdds_") and not n.startswith("fastdds_port")}
 
 
 def wait_status(diags, name, predicate, timeout, what):
@@ -90,6 +84,7 @@ def test_missing_cuda_falls_back_to_cpu_or_refuses_when_strict(tiny_checkpoint, 
     assert strict.wait_exit(60) == 1
     assert "CUDA is not available" in strict.log() and "Traceback" not in strict.log()
 
+    before = shm_segments()
     proc = NodeProcess("clipseg_fallback", {"model": str(tiny_checkpoint), "device": "cuda", "prompts": ["cup"],
                                             "rate": 0.0, "image_topics": ["/fb_cam/image"]}, tmp_path)
     proc.wait_ready()
@@ -102,6 +97,7 @@ def test_missing_cuda_falls_back_to_cpu_or_refuses_when_strict(tiny_checkpoint, 
     assert proc.wait_exit(10) == 0
     assert time.monotonic() - t0 < 2.0
     assert "Traceback" not in proc.log()
+    assert shm_segments() - before == set(), "the node left its DDS shared memory behind"
 
 
 # ----------------------------------------------------------------------------- lifecycle

@@ -17,23 +17,9 @@ from clipseg_ros.node import camera_name_from_topic, parse_prompt_text  # noqa: 
 from clipseg_ros.postprocess import mask_level  # noqa: E402
 from clipseg_ros_interfaces.msg import Confidences, Segmentation  # noqa: E402
 from clipseg_ros_interfaces.srv import SetPrompts  # noqa: E402
-from ros_helpers import CameraPublisher, NodeProcess, RosClient, make_image, wait_for  # noqa: E402
+from ros_helpers import CameraPublisher, NodeProcess, make_image, wait_for  # noqa: E402
 
 NODE = "clipseg_test"
-
-
-@pytest.fixture(scope="module")
-def ros():
-    rclpy.init()
-    yield
-    rclpy.shutdown()
-
-
-@pytest.fixture(scope="module")
-def client(ros):
-    c = RosClient("clipseg_test_client")
-    yield c
-    c.close()
 
 
 @pytest.fixture(scope="module")

@@ -15,25 +15,11 @@ from std_msgs.msg import String  # noqa: E402
 from clipseg_ros.conversions import cv2_to_imgmsg  # noqa: E402
 from clipseg_ros_interfaces.msg import Segmentation  # noqa: E402
 from clipseg_ros_interfaces.srv import SetPrompts  # noqa: E402
-from ros_helpers import CameraPublisher, NodeProcess, RosClient, make_image, wait_for  # noqa: E402
+from ros_helpers import CameraPublisher, NodeProcess, make_image, wait_for  # noqa: E402
 
 NODE = "clipseg_rb"
 PROMPTS = ["cup", "door handle"]
 RAW, JPEG = "/rb_raw/image", "/rb_jpeg/image/compressed"
-
-
-@pytest.fixture(scope="module")
-def ros():
-    rclpy.init()
-    yield
-    rclpy.shutdown()
-
-
-@pytest.fixture(scope="module")
-def client(ros):
-    c = RosClient("clipseg_rb_client")
-    yield c
-    c.close()
 
 
 @pytest.fixture(scope="module")
