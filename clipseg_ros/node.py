@@ -70,7 +70,8 @@ def _find_malloc_trim():
 
 # Per frame, inference allocates and frees tens of MB in mixed sizes from two threads; glibc keeps
 # the freed heap, so RSS wandered by +-30 MB (1150-1219 MiB in a 10 min soak) without a leak.
-# Returning free heap to the OS at most once per second keeps RSS flat (measured: 2.4 ms a call).
+# Returning free heap to the OS at most once per second keeps RSS flat; a call costs 8-10 ms next
+# to the full-size model on 2 cores (2.4 ms with the tiny one), so at most 1% of one core.
 _MALLOC_TRIM = _find_malloc_trim()
 TRIM_PERIOD_S = 1.0
 
