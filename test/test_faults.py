@@ -272,7 +272,7 @@ def test_camera_that_stops_is_reported_and_recovers(live_node, client):
     stopped_at = time.monotonic()
     status = wait_status(diags, name, lambda s: level_of(s) == WARN and "no input for" in s.message, 10,
                          "diagnostics WARN after the camera stops")
-    assert time.monotonic() - stopped_at >= 2.0  # input_timeout
+    assert time.monotonic() - stopped_at >= 1.9  # input_timeout (2 s) after the last frame, sent <= 0.05 s before
     assert float({kv.key: kv.value for kv in status.values}["last frame age (s)"]) > 2.0
     wait_for(publishing_until(OK, "segmenting at"), 15, 0, "diagnostics OK after the camera resumes")
     engine_status = latest_status(diags, "clipseg_inproc: model")
