@@ -130,21 +130,21 @@ def test_lifecycle_transitions_over_services(tiny_checkpoint, tmp_path, client):
     assert lifecycle_call(client, name, Transition.TRANSITION_CONFIGURE)
     assert lifecycle_call(client, name) == State.PRIMARY_STATE_INACTIVE
     assert "loaded" in proc.log()
-    wait_for(lambda: client.node.count_publishers(f"/{name}/segmentation") == 1, 10, what="output publisher")
+    wait_for(lambda: client.node.count_publishers(f"/{name}/segmentation") == 1, 30, what="output publisher")
     assert client.node.count_subscribers(topic) == 0  # inactive: not listening to the camera
 
     assert lifecycle_call(client, name, Transition.TRANSITION_ACTIVATE)
-    wait_for(lambda: client.node.count_subscribers(topic) == 1, 10, what="camera subscription")
+    wait_for(lambda: client.node.count_subscribers(topic) == 1, 30, what="camera subscription")
     assert list(cam.publish_until(segs, 1)[-1].prompts) == ["cup"]
     state_is("active")
 
     assert lifecycle_call(client, name, Transition.TRANSITION_DEACTIVATE)
     assert lifecycle_call(client, name) == State.PRIMARY_STATE_INACTIVE
-    wait_for(lambda: client.node.count_subscribers(topic) == 0, 10, what="camera unsubscribed")
+    wait_for(lambda: client.node.count_subscribers(topic) == 0, 30, what="camera unsubscribed")
 
     assert lifecycle_call(client, name, Transition.TRANSITION_CLEANUP)
     assert lifecycle_call(client, name) == State.PRIMARY_STATE_UNCONFIGURED
-    wait_for(lambda: client.node.count_publishers(f"/{name}/segmentation") == 0, 10, what="publishers removed")
+    wait_for(lambda: client.node.count_publishers(f"/{name}/segmentation") == 0, 30, what="publishers removed")
     assert "model unloaded" in proc.log()
 
     # Prompts set while unconfigured are checked now and used by the next configure.
@@ -244,7 +244,7 @@ def test_prompts_changed_during_inference_apply_from_the_next_frame(live_node, c
     cam.publish()
     wait_for(started.is_set, 10, what="inference to start")
     pub = client.node.create_publisher(String, "/clipseg_inproc/prompts", 10)
-    wait_for(lambda: pub.get_subscription_count() > 0, 10, what="prompt subscriber")
+    wait_for(lambda: pub.get_subscription_count() > 0, 30, what="prompt subscriber")
     pub.publish(String(data="chair"))
     wait_for(lambda: list(node._prompt_set.names) == ["chair"], 10, what="new prompt set installed")
     release.set()

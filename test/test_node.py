@@ -102,7 +102,7 @@ def test_prompts_by_topic_service_and_parameter_stay_in_sync(node, client):
         assert client.get_param(NODE, "prompts") == [p for p in expected if not p.startswith("img:")]
 
     # topic: ';' and newline separated, trimmed, duplicates dropped
-    wait_for(lambda: prompt_pub.get_subscription_count() > 0, 10, what="prompt subscriber")
+    wait_for(lambda: prompt_pub.get_subscription_count() > 0, 30, what="prompt subscriber")
     prompt_pub.publish(String(data=" mug ;\nbottle;; mug "))
     active_prompts_become(["mug", "bottle"])
 
@@ -127,7 +127,7 @@ def test_prompts_by_topic_service_and_parameter_stay_in_sync(node, client):
 
     # ~/prompt_image adds a visual prompt named by frame_id
     img_pub = client.node.create_publisher(Image, f"/{NODE}/prompt_image", 10)
-    wait_for(lambda: img_pub.get_subscription_count() > 0, 10, what="prompt_image subscriber")
+    wait_for(lambda: img_pub.get_subscription_count() > 0, 30, what="prompt_image subscriber")
     example.header.frame_id = "img:second"
     img_pub.publish(example)
     active_prompts_become(["table", "lamp", "img:example", "img:second"])
@@ -204,7 +204,7 @@ def test_two_cameras_one_compressed(tiny_checkpoint, tmp_path, client):
         left = client.collect(Segmentation, f"/{name}/left/segmentation")
         cam_a = CameraPublisher(client, "/front/color/image_raw", h=40, w=60)
         cam_b = CameraPublisher(client, "/left/image_raw/compressed", h=30, w=50, compressed=True)
-        wait_for(lambda: cam_a.pub.get_subscription_count() and cam_b.pub.get_subscription_count(), 20,
+        wait_for(lambda: cam_a.pub.get_subscription_count() and cam_b.pub.get_subscription_count(), 60,
                  what="the node to subscribe to both cameras")
 
         def both():

@@ -177,7 +177,7 @@ def test_a_stream_of_garbage_is_logged_once_per_throttle_period(node, client, ca
 @pytest.fixture(scope="module")
 def prompt_pub(client, node):
     pub = client.node.create_publisher(String, f"/{NODE}/prompts", 10)
-    wait_for(lambda: pub.get_subscription_count() > 0, 10, what="prompt subscriber")
+    wait_for(lambda: pub.get_subscription_count() > 0, 30, what="prompt subscriber")
     return pub
 
 
@@ -240,7 +240,7 @@ def test_prompt_image_with_bad_encoding_is_refused(node, client, cams, outputs, 
     reply = set_prompts(prompts=["cup"], image_prompts=[depth], image_prompt_names=["depth"])
     assert not reply.success and "not a camera image" in reply.message
     pub = client.node.create_publisher(Image, f"/{NODE}/prompt_image", 10)
-    wait_for(lambda: pub.get_subscription_count() > 0, 10, what="prompt_image subscriber")
+    wait_for(lambda: pub.get_subscription_count() > 0, 30, what="prompt_image subscriber")
     short = raw_msg("rgb8", 10, 10, 30, 10)
     short.header.frame_id = "broken example"
     pub.publish(short)
