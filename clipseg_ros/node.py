@@ -74,6 +74,8 @@ def _find_malloc_trim():
 # to the full-size model on 2 cores (2.4 ms with the tiny one), so at most 1% of one core.
 _MALLOC_TRIM = _find_malloc_trim()
 TRIM_PERIOD_S = 1.0
+# Ctrl-C/SIGTERM must end the process within 2 s: teardown gets this long, then the process leaves.
+TEARDOWN_DEADLINE_S = 1.2
 
 
 def parse_prompt_text(text: str) -> list[str]:
@@ -734,29 +736,50 @@ class ClipSegNode(LifecycleNode):
         self._state_machine.destroy_when_not_in_use()
 
 
-def main(args=None) -> int:
+def main(args=None, teardown_deadline_s: float | None = None) -> int:
     """``clipseg_node``: exit status 0 on Ctrl-C/SIGTERM, 1 when parameters or the model are
-    unusable (plain mode; in lifecycle mode a failed configure leaves the node unconfigured)."""
+    unusable (plain mode; in lifecycle mode a failed configure leaves the node unconfigured).
+
+    ``teardown_deadline_s``: if destroying the node and the DDS participant takes longer, the
+    process exits anyway (for :func:`run`). Fast DDS 3.2's TCP transport (in LARGE_DATA) can
+    deadlock in participant deletion (seen here: ``TCPChannelResourceBasic::disconnect`` waiting
+    on a mutex forever; eProsima/Fast-DDS#6066 fixes one such case), and a robot's node must not
+    hang on Ctrl-C because of it."""
     rclpy.init(args=args)
     node = None
+    status = 0
     try:
         node = ClipSegNode()
         if not node._param("lifecycle"):
+            # A failed transition has logged its reason (on_configure names the model and the fix).
             if node.trigger_configure() != TransitionCallbackReturn.SUCCESS:
-                return 1  # the reason is logged by on_configure
-            if node.trigger_activate() != TransitionCallbackReturn.SUCCESS:
-                return 1
-        rclpy.spin(node)
+                status = 1
+            elif node.trigger_activate() != TransitionCallbackReturn.SUCCESS:
+                status = 1
+        if status == 0:
+            rclpy.spin(node)
     except ValueError as exc:
         rclpy.logging.get_logger("clipseg").fatal(str(exc))
-        return 1
+        status = 1
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
+        if teardown_deadline_s is not None:
+            _exit_if_stuck(teardown_deadline_s, status)
         if node is not None:
             node.destroy_node()
         rclpy.try_shutdown()
-    return 0
+    return status
+
+
+def _exit_if_stuck(deadline_s: float, status: int) -> None:
+    def watchdog():
+        time.sleep(deadline_s)
+        sys.stderr.write(f"[clipseg] shutdown: DDS teardown did not finish within {deadline_s:g} s; exiting anyway\n")
+        sys.stderr.flush()
+        os._exit(status)
+
+    threading.Thread(target=watchdog, name="clipseg_exit_watchdog", daemon=True).start()
 
 
 def run() -> None:
@@ -764,7 +787,7 @@ def run() -> None:
     exit at once. Everything that needs closing (node, DDS, inference thread) is closed by then;
     the interpreter's own teardown with transformers imported takes 1.2-1.8 s on a 2-core
     machine, which would break the 2 s budget for Ctrl-C/SIGTERM."""
-    status = main()
+    status = main(teardown_deadline_s=TEARDOWN_DEADLINE_S)
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(status)

@@ -195,17 +195,28 @@ def test_throttled_to_rate_and_always_newest_frame(node, client):
 
 def test_two_cameras_one_compressed(tiny_checkpoint, tmp_path, client):
     name = "clipseg_two_cams"
-    proc = NodeProcess(name, {"model": str(tiny_checkpoint), "prompts": ["cup"], "rate": 0.0,
-                              "image_topics": ["/front/color/image_raw", "/left/image_raw/compressed"]}, tmp_path,
-                       params_file=Path(__file__).resolve().parents[1] / "config" / "clipseg.yaml")
-    try:
+    params = {"model": str(tiny_checkpoint), "prompts": ["cup"], "rate": 0.0,
+              "image_topics": ["/front/color/image_raw", "/left/image_raw/compressed"]}
+    cam_a = CameraPublisher(client, "/front/color/image_raw", h=40, w=60)
+    cam_b = CameraPublisher(client, "/left/image_raw/compressed", h=30, w=50, compressed=True)
+    # Fast DDS 3.2's TCP transport (LARGE_DATA) now and then never matches a new participant (and
+    # then deadlocks deleting it); seen in 4 of ~20 runs of this test here. One restart.
+    for attempt in range(2):
+        (tmp_path / f"attempt{attempt}").mkdir()
+        proc = NodeProcess(name, params, tmp_path / f"attempt{attempt}",
+                           params_file=Path(__file__).resolve().parents[1] / "config" / "clipseg.yaml")
         proc.wait_ready()
+        try:
+            wait_for(lambda: cam_a.pub.get_subscription_count() and cam_b.pub.get_subscription_count(), 30,
+                     what="the node to subscribe to both cameras")
+            break
+        except AssertionError:
+            if attempt:
+                raise
+            proc.stop()
+    try:
         front = client.collect(Segmentation, f"/{name}/front_color/segmentation")
         left = client.collect(Segmentation, f"/{name}/left/segmentation")
-        cam_a = CameraPublisher(client, "/front/color/image_raw", h=40, w=60)
-        cam_b = CameraPublisher(client, "/left/image_raw/compressed", h=30, w=50, compressed=True)
-        wait_for(lambda: cam_a.pub.get_subscription_count() and cam_b.pub.get_subscription_count(), 60,
-                 what="the node to subscribe to both cameras")
 
         def both():
             cam_a.publish()
