@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import faulthandler
 import gc
 import os
 import re
@@ -741,7 +742,7 @@ def main(args=None, teardown_deadline_s: float | None = None) -> int:
     unusable (plain mode; in lifecycle mode a failed configure leaves the node unconfigured).
 
     ``teardown_deadline_s``: if destroying the node and the DDS participant takes longer, the
-    process exits anyway (for :func:`run`). Fast DDS 3.2's TCP transport (in LARGE_DATA) can
+    process exits anyway with status 1 (for :func:`run`). Fast DDS 3.2's TCP transport (in LARGE_DATA) can
     deadlock in participant deletion (seen here: ``TCPChannelResourceBasic::disconnect`` waiting
     on a mutex forever; eProsima/Fast-DDS#6066 fixes one such case), and a robot's node must not
     hang on Ctrl-C because of it."""
@@ -765,21 +766,21 @@ def main(args=None, teardown_deadline_s: float | None = None) -> int:
         pass
     finally:
         if teardown_deadline_s is not None:
-            _exit_if_stuck(teardown_deadline_s, status)
+            _exit_if_stuck(teardown_deadline_s)
         if node is not None:
             node.destroy_node()
         rclpy.try_shutdown()
     return status
 
 
-def _exit_if_stuck(deadline_s: float, status: int) -> None:
-    def watchdog():
-        time.sleep(deadline_s)
-        sys.stderr.write(f"[clipseg] shutdown: DDS teardown did not finish within {deadline_s:g} s; exiting anyway\n")
-        sys.stderr.flush()
-        os._exit(status)
-
-    threading.Thread(target=watchdog, name="clipseg_exit_watchdog", daemon=True).start()
+def _exit_if_stuck(deadline_s: float) -> None:
+    """End the process (status 1, thread stacks on stderr) if teardown is still running after
+    ``deadline_s``. faulthandler's watchdog is a C thread: it fires even while the main thread is
+    stuck inside a C call that holds the GIL, as a Python thread could not (seen: the DDS
+    deadlock blocked rclpy's node destruction with the GIL held)."""
+    sys.stderr.write(f"[clipseg] shutting down (teardown deadline {deadline_s:g} s)\n")
+    sys.stderr.flush()
+    faulthandler.dump_traceback_later(deadline_s, exit=True)
 
 
 def run() -> None:

@@ -24,7 +24,7 @@ from clipseg_ros.diagnostics import ERROR, OK, WARN, level_of  # noqa: E402
 from clipseg_ros.node import ClipSegNode  # noqa: E402
 from clipseg_ros.spinner import BackgroundSpinner  # noqa: E402
 from clipseg_ros_interfaces.msg import Segmentation  # noqa: E402
-from ros_helpers import CameraPublisher, NodeProcess, wait_for  # noqa: E402
+from ros_helpers import CameraPublisher, NodeProcess, assert_clean_exit, wait_for  # noqa: E402
 
 
 def latest_status(diagnostics, name, after=0.0):
@@ -79,13 +79,15 @@ def test_model_load_failure_is_one_clear_error_and_nonzero_exit(tmp_path, model,
 
 
 def test_exit_watchdog_ends_a_stuck_teardown():
-    # Stands in for Fast DDS deadlocking in participant deletion (seen with its TCP transport).
-    code = "import time; from clipseg_ros.node import _exit_if_stuck; _exit_if_stuck(0.3, 3); time.sleep(30)"
+    # Stands in for Fast DDS deadlocking in participant deletion: a C call that holds the GIL
+    # (PyDLL does not release it), so only a watchdog outside Python can end the process.
+    code = ("import ctypes; from clipseg_ros.node import _exit_if_stuck; _exit_if_stuck(0.3); "
+            "ctypes.PyDLL(None).sleep(30)")
     t0 = time.monotonic()
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 3
-    assert "did not finish within 0.3 s" in proc.stderr
-    assert time.monotonic() - t0 < 25  # the interpreter start dominates; the sleep was cut short
+    assert proc.returncode == 1
+    assert "teardown deadline 0.3 s" in proc.stderr and "Timeout" in proc.stderr
+    assert time.monotonic() - t0 < 25  # the interpreter start dominates; the 30 s call was cut short
 
 
 def test_missing_cuda_falls_back_to_cpu_or_refuses_when_strict(tiny_checkpoint, tmp_path, client):
@@ -106,10 +108,10 @@ def test_missing_cuda_falls_back_to_cpu_or_refuses_when_strict(tiny_checkpoint, 
     # SIGTERM (what systemd and `ros2 launch` send) ends it cleanly within 2 s.
     t0 = time.monotonic()
     proc.proc.send_signal(signal.SIGTERM)
-    assert proc.wait_exit(10) == 0
+    assert_clean_exit(proc, proc.wait_exit(10))
     assert time.monotonic() - t0 < 2.0
-    assert "Traceback" not in proc.log()
-    assert shm_segments() - before == set(), "the node left its DDS shared memory behind"
+    if "Timeout (" not in proc.log():  # the DDS teardown deadlock skips deletion, by necessity
+        assert shm_segments() - before == set(), "the node left its DDS shared memory behind"
 
 
 # ----------------------------------------------------------------------------- lifecycle
@@ -169,9 +171,8 @@ def test_lifecycle_transitions_over_services(tiny_checkpoint, tmp_path, client):
     # SIGINT (Ctrl-C) while active: clean exit within 2 s.
     t0 = time.monotonic()
     proc.proc.send_signal(signal.SIGINT)
-    assert proc.wait_exit(10) == 0
+    assert_clean_exit(proc, proc.wait_exit(10))
     assert time.monotonic() - t0 < 2.0
-    assert "Traceback" not in proc.log()
 
 
 def test_lifecycle_configure_fails_cleanly_on_a_bad_model(tmp_path, client):
@@ -185,8 +186,7 @@ def test_lifecycle_configure_fails_cleanly_on_a_bad_model(tmp_path, client):
     status = wait_status(diags, f"{name}: model", lambda s: level_of(s) == ERROR, 10, "diagnostics ERROR")
     assert "model not loaded" in status.message and "missing" in status.message
     assert proc.proc.poll() is None  # still alive, ready for another try
-    assert proc.stop() == 0
-    assert "Traceback" not in proc.log()
+    assert_clean_exit(proc, proc.stop())
 
 
 # ----------------------------------------------------------------------------- in-process node

@@ -17,7 +17,7 @@ from clipseg_ros.node import camera_name_from_topic, parse_prompt_text  # noqa: 
 from clipseg_ros.postprocess import mask_level  # noqa: E402
 from clipseg_ros_interfaces.msg import Confidences, Segmentation  # noqa: E402
 from clipseg_ros_interfaces.srv import SetPrompts  # noqa: E402
-from ros_helpers import CameraPublisher, NodeProcess, make_image, wait_for  # noqa: E402
+from ros_helpers import CameraPublisher, NodeProcess, assert_clean_exit, make_image, wait_for  # noqa: E402
 
 NODE = "clipseg_test"
 
@@ -28,8 +28,7 @@ def node(tiny_checkpoint, tmp_path_factory, ros):
                               "image_topics": ["/test_cam/image_raw"]}, tmp_path_factory.mktemp("logs"))
     proc.wait_ready()
     yield proc
-    assert proc.stop() == 0, proc.log()
-    assert "Traceback" not in proc.log()
+    assert_clean_exit(proc, proc.stop())
 
 
 def seq_of(msg) -> int:
@@ -228,4 +227,4 @@ def test_two_cameras_one_compressed(tiny_checkpoint, tmp_path, client):
         assert (left[-1].masks[0].height, left[-1].masks[0].width) == (30, 50)
         assert list(left[-1].prompts) == ["cup"]
     finally:
-        assert proc.stop() == 0, proc.log()
+        assert_clean_exit(proc, proc.stop())

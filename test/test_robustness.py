@@ -15,7 +15,7 @@ from std_msgs.msg import String  # noqa: E402
 from clipseg_ros.conversions import cv2_to_imgmsg  # noqa: E402
 from clipseg_ros_interfaces.msg import Segmentation  # noqa: E402
 from clipseg_ros_interfaces.srv import SetPrompts  # noqa: E402
-from ros_helpers import CameraPublisher, NodeProcess, make_image, wait_for  # noqa: E402
+from ros_helpers import CameraPublisher, NodeProcess, assert_clean_exit, make_image, wait_for  # noqa: E402
 
 NODE = "clipseg_rb"
 PROMPTS = ["cup", "door handle"]
@@ -29,8 +29,7 @@ def node(tiny_checkpoint, tmp_path_factory, ros):
                        tmp_path_factory.mktemp("logs"))
     proc.wait_ready()
     yield proc
-    assert proc.stop() == 0, proc.log()
-    assert "Traceback" not in proc.log()
+    assert_clean_exit(proc, proc.stop())
 
 
 @pytest.fixture(scope="module")
