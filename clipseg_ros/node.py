@@ -195,7 +195,6 @@ class ClipSegNode(LifecycleNode):
         self._warned: dict[str, tuple[float, int]] = {}
         self._warn_lock = threading.Lock()
         self._load_error = ""
-        self._state = "unconfigured"
         self.frames_processed = 0
         # Initial prompts (parameters/YAML) are checked now, embedded by configure.
         initial = self._prompt_texts(p("prompts"))
@@ -245,7 +244,6 @@ class ClipSegNode(LifecycleNode):
             self.create_subscription(Image, "~/prompt_image", self._on_prompt_image, 10),
             self.create_service(SetPrompts, "~/set_prompts", self._on_set_prompts),
         ]
-        self._state = "inactive"
         return TransitionCallbackReturn.SUCCESS
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -260,7 +258,6 @@ class ClipSegNode(LifecycleNode):
         self._worker = threading.Thread(target=self._run_worker, args=(self._stop,), name="clipseg_inference",
                                         daemon=True)
         self._worker.start()
-        self._state = "active"
         cams = ", ".join(f"{c.topic} -> {self.resolve_topic_name(c.prefix + 'segmentation')}" for c in self.cameras)
         self.get_logger().info(
             f"segmenting {cams} at {self._param('rate')} Hz; prompts: {list(self._prompt_set.names)}")
@@ -270,7 +267,6 @@ class ClipSegNode(LifecycleNode):
         self._stop_work(join_timeout=30.0)
         if self.engine is not None:
             self.engine.release_cache()
-        self._state = "inactive"
         self.get_logger().info("deactivated: cameras unsubscribed, inference stopped")
         return TransitionCallbackReturn.SUCCESS
 
@@ -282,7 +278,6 @@ class ClipSegNode(LifecycleNode):
     def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
         self._stop_work(join_timeout=0.5)
         self._release_engine()
-        self._state = "finalized"
         return TransitionCallbackReturn.SUCCESS
 
     def on_error(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -323,7 +318,6 @@ class ClipSegNode(LifecycleNode):
             engine.release_cache()
             del engine
             gc.collect()
-        self._state = "unconfigured"
 
     def _select_device(self) -> str:
         """The configured device, or the CPU with a warning when CUDA is missing (unless
@@ -632,10 +626,13 @@ class ClipSegNode(LifecycleNode):
         cams, images, headers, arrivals = [], [], [], []
         for cam, msg, received_at in batch:
             try:
-                rgb = compressed_imgmsg_to_rgb8(msg) if cam.compressed else imgmsg_to_rgb8(msg)
-                reason = self._too_large(rgb.shape[1], rgb.shape[0])
-                if reason:
-                    raise ImageConversionError(reason)
+                if cam.compressed:  # size known only after decoding (raw frames: checked on arrival)
+                    rgb = compressed_imgmsg_to_rgb8(msg)
+                    reason = self._too_large(rgb.shape[1], rgb.shape[0])
+                    if reason:
+                        raise ImageConversionError(reason)
+                else:
+                    rgb = imgmsg_to_rgb8(msg)
             except ImageConversionError as exc:
                 self._refuse_frame(cam, time.monotonic(), str(exc))
                 continue
@@ -691,6 +688,7 @@ class ClipSegNode(LifecycleNode):
     # ------------------------------------------------------------------ diagnostics
     def _publish_diagnostics(self) -> None:
         now = time.monotonic()
+        state = self._state_machine.current_state[1]  # unconfigured, inactive, active, finalized
         name = self.get_name()
         engine = self.engine
         device = str(engine.device) if engine is not None else self._param("device")
@@ -699,9 +697,9 @@ class ClipSegNode(LifecycleNode):
         if self._load_error:
             level, message = diagnostics.ERROR, f"model not loaded: {self._load_error}"
         else:
-            level, message = diagnostics.OK, self._state
+            level, message = diagnostics.OK, state
         values = {
-            "state": self._state,
+            "state": state,
             "model": self._param("model"),
             "device": device,
             "dtype": str(engine.dtype).replace("torch.", "") if engine is not None else self._param("dtype"),
@@ -714,7 +712,7 @@ class ClipSegNode(LifecycleNode):
         array = DiagnosticArray()
         array.header.stamp = self.get_clock().now().to_msg()
         array.status.append(diagnostics.make_status(level, f"{name}: model", message, device, values))
-        if self._state == "active":
+        if state == "active":
             for cam in self.cameras:
                 lvl, msg, cam_values = cam.stats.assess(now, self._settings["input_timeout"],
                                                         self._settings["max_latency"])
