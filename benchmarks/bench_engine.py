@@ -20,7 +20,6 @@ sustained fp32 matmul GFLOP/s and the vision pass's FLOP count (how close it is 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -29,6 +28,7 @@ import tempfile
 import time
 
 import numpy as np
+from results_file import write_results
 import torch
 
 
@@ -182,10 +182,7 @@ def main(argv=None) -> int:
           + ", ".join(f"{k} {v}" for k, v in stages.items() if k != "prompts"))
     print(f"matmul {gflops:.1f} GFLOP/s; vision pass {flop / 1e9:.1f} GFLOP -> floor {floor_ms:.1f} ms; "
           f"measured {stages['vision']:.1f} ms = {result['vision_floor_ratio']:.2f}x the floor")
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(result, fh, indent=2)
-        print(f"wrote {args.json}")
+    write_results(args.json, result)
     if tmp is not None:
         tmp.cleanup()
     return 0

@@ -17,7 +17,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
 import signal
@@ -29,6 +28,7 @@ import time
 
 import cv2
 import numpy as np
+from results_file import write_results
 
 from clipseg_ros.spinner import BackgroundSpinner
 
@@ -211,10 +211,7 @@ def main(argv=None) -> int:
     for r in rows:
         print(f"| {r['size']} | {r['prompts']} | {r['model_ms']} | {r['overhead_ms']} | {r['overhead_ratio']:.1%} | "
               f"{r['convert_ms']} | {r['post_ms']} | {r['fill_ms']} | {r['publish_ms']} |")
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(result, fh, indent=2)
-        print(f"wrote {args.json}")
+    write_results(args.json, result)
     if tmp is not None:
         tmp.cleanup()
     return 0

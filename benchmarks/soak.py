@@ -21,7 +21,6 @@ Latency and RSS must be flat after warm-up (the node keeps one pending frame per
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
 import signal
@@ -33,6 +32,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from results_file import write_results
 
 NODE = "clipseg_soak"
 CAMERAS = {"front": ("/soak/front/image_raw", 30.0), "rear": ("/soak/rear/image_raw", 15.0)}
@@ -276,10 +276,7 @@ def main(argv=None) -> int:
         log = (Path(tmp) / "node.log").read_text()
         result["node_log_errors"] = [line for line in log.splitlines() if "[ERROR]" in line or "Traceback" in line]
     print_report(result)
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(result, fh, indent=2)
-        print(f"wrote {args.json}")
+    write_results(args.json, result)
     return 0
 
 
