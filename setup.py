@@ -25,7 +25,7 @@ setup(
     license="Apache-2.0",
     entry_points={
         "console_scripts": [
-            "clipseg_node = clipseg_ros.node:run",
+            "clipseg_node = clipseg_ros.process:run",
             "clipseg_demo = clipseg_ros.demo:main",
         ],
     },

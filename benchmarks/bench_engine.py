@@ -150,7 +150,7 @@ def main(argv=None) -> int:
     stages["prompts"] = n
 
     def new_prompts():
-        engine._text_cache.clear()  # measure the cache-miss cost
+        engine.clear_text_cache()  # measure the cache-miss cost
         engine.make_prompt_set([f"fresh prompt {k}" for k in range(n)])
 
     stages["text_embed_uncached"] = round(median_ms(new_prompts, repeats), 2)

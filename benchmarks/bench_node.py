@@ -2,9 +2,10 @@
 """Node benchmark: per-frame overhead of the ROS layer vs. model time, and end-to-end latency.
 
 1. Overhead per frame at 640x480 and 1920x1080 with N prompts, in one process: conversion in
-   (Image -> RGB), post-processing (masks, label, stats), message filling (segmentation with
-   masks, confidences, label, overlay drawing) and publishing to a live subscriber, against the
-   engine's model time (preprocess + vision + decoder) for the same frame.
+   (Image -> RGB), post-processing (masks, label, stats), message filling (the node's own
+   ``messages.build_outputs``: segmentation with masks, confidences, label, overlay drawing) and
+   publishing with the node's ``OutputPublishers`` to a live subscriber, against the engine's
+   model time (preprocess + vision + decoder) for the same frame.
 2. End-to-end latency: the real node in a subprocess, a 30 Hz 640x480 camera, latency from the
    image's stamp (set at publish) to the segmentation's arrival, p50/p95 per time slice (it must
    not grow: the node always takes the newest frame and drops the rest).
@@ -26,7 +27,6 @@ import sys
 import tempfile
 import time
 
-import cv2
 import numpy as np
 from results_file import write_results
 
@@ -44,30 +44,24 @@ def timed(fn, repeats):
 
 def overhead(model: str, prompts: int, repeats: int) -> list[dict]:
     import rclpy
-    from clipseg_ros_interfaces.msg import Confidences, Segmentation
     from rclpy.node import Node
-    from sensor_msgs.msg import Image
 
-    from clipseg_ros import messages
     from clipseg_ros.conversions import cv2_to_imgmsg, imgmsg_to_rgb8
     from clipseg_ros.engine import SegmentationEngine
-    from clipseg_ros.node import OUTPUT_QOS
-    from clipseg_ros.postprocess import render_overlay
+    from clipseg_ros.messages import build_outputs
+    from clipseg_ros.outputs import OUTPUT_QOS, OutputPublishers
 
     engine = SegmentationEngine.from_pretrained(model, device="cpu", dtype="float32")
     prompt_set = engine.make_prompt_set([f"thing {k}" for k in range(prompts)])
     rclpy.init()
     pub_node, sub_node = Node("bench_pub"), Node("bench_sub")
-    pubs = {"segmentation": pub_node.create_publisher(Segmentation, "/bench/segmentation", OUTPUT_QOS),
-            "confidences": pub_node.create_publisher(Confidences, "/bench/confidences", OUTPUT_QOS),
-            "label": pub_node.create_publisher(Image, "/bench/label", OUTPUT_QOS),
-            "overlay": pub_node.create_publisher(Image, "/bench/overlay", OUTPUT_QOS)}
+    pubs = OutputPublishers(pub_node, "/bench/")  # what the node publishes with
     received = []
-    for name, pub in pubs.items():
+    for pub in pubs.all():
         sub_node.create_subscription(pub.msg_type, pub.topic_name, received.append, OUTPUT_QOS)
     spinner = BackgroundSpinner(sub_node)
     deadline = time.monotonic() + 10
-    while any(p.get_subscription_count() == 0 for p in pubs.values()) and time.monotonic() < deadline:
+    while any(p.get_subscription_count() == 0 for p in pubs.all()) and time.monotonic() < deadline:
         time.sleep(0.05)
 
     rows = []
@@ -82,20 +76,8 @@ def overhead(model: str, prompts: int, repeats: int) -> list[dict]:
             model_ms.append(r.timings_ms["preprocess"] + r.timings_ms["vision"] + r.timings_ms["decoder"])
             post_ms.append(r.timings_ms["post"])
 
-        def fill():
-            seg = messages.segmentation_msg(r, msg.header, include_masks=True, inference_ms=1.0)
-            conf = messages.confidences_msg(r, msg.header)
-            label = messages.label_msg(r, msg.header)
-            overlay = render_overlay(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), r.label, r.prompts, scores=[s.max_score for s in r.stats])
-            return seg, conf, label, cv2_to_imgmsg(overlay, "bgr8", msg.header)
-
-        built, fill_ms = timed(fill, repeats)
-
-        def publish():
-            for pub, m in zip(pubs.values(), built):
-                pub.publish(m)
-
-        _, publish_ms = timed(publish, repeats)
+        built, fill_ms = timed(lambda: build_outputs(r, rgb, msg.header), repeats)  # the node's defaults
+        _, publish_ms = timed(lambda: pubs.publish(built), repeats)
         model = statistics.median(model_ms)
         node_ms = convert_ms + statistics.median(post_ms) + fill_ms + publish_ms
         rows.append({"size": f"{w}x{h}", "prompts": prompts, "model_ms": round(model, 1),
@@ -118,7 +100,7 @@ def latency(model: str, prompts: int, seconds: float, camera_hz: float) -> dict:
     env = dict(os.environ, ROS_DOMAIN_ID=domain, FASTDDS_BUILTIN_TRANSPORTS="LARGE_DATA", PYTHONUNBUFFERED="1")
     os.environ.update(ROS_DOMAIN_ID=domain, FASTDDS_BUILTIN_TRANSPORTS="LARGE_DATA")
     names = ", ".join(f"'thing {k}'" for k in range(prompts))
-    node = subprocess.Popen([sys.executable, "-m", "clipseg_ros.node", "--ros-args", "-r", "__node:=clipseg",
+    node = subprocess.Popen([sys.executable, "-m", "clipseg_ros", "--ros-args", "-r", "__node:=clipseg",
                              "-p", f"model:={model}", "-p", f"prompts:=[{names}]", "-p", "rate:=0.0",
                              "-p", "image_topics:=[/bench/image]", "-p", "device:=cpu"],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

@@ -72,7 +72,7 @@ class Soak:
         names = "[" + ", ".join(CAMERAS) + "]"
         self.log = open(log_path, "w")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "clipseg_ros.node", "--ros-args", "-r", f"__node:={NODE}",
+            [sys.executable, "-m", "clipseg_ros", "--ros-args", "-r", f"__node:={NODE}",
              "-p", f"model:={model}", "-p", f"image_topics:={topics}", "-p", f"camera_names:={names}",
              "-p", f"rate:={rate}", "-p", "prompts:=[cup, door handle]"],
             stdout=self.log, stderr=subprocess.STDOUT, env=dict(os.environ, PYTHONUNBUFFERED="1"))

@@ -8,20 +8,30 @@ does the same job with numpy + OpenCV. No torch here.
   and big-endian data, and converts to ``desired_encoding`` like cv_bridge.
 - :func:`cv2_to_imgmsg` fills ``data`` with one copy (``frombytes`` on a memoryview: ~0.3 ms for
   1080p; assigning a numpy array to ``msg.data`` takes ~1.5 s).
-- :func:`compressed_imgmsg_to_cv2` / :func:`cv2_to_compressed_imgmsg`: jpeg/png, 16-bit PNG kept.
-- :func:`imgmsg_to_rgb8` is what the node feeds the model: any readable image as RGB uint8.
+- :func:`compressed_imgmsg_to_cv2` / :func:`cv2_to_compressed_imgmsg`: every format OpenCV encodes
+  and decodes (jpeg/jpg/jpe, png, bmp/dib, tiff/tif, webp, pbm/pgm/ppm/pnm, sr/ras, ...), 16-bit
+  PNG kept.
+- :func:`read_rgb8` is what the node feeds the model: any readable Image or CompressedImage as RGB
+  uint8, refused *before* decoding when it has more than ``max_pixels`` (a compressed image's size
+  is read from its header, so a small file that would decode to 30000x30000 costs nothing).
 
 Every failure raises :class:`ImageConversionError` with a message fit for a log line.
 """
 
 from __future__ import annotations
 
+import io
 import re
 import sys
+import warnings
 
 import cv2
 import numpy as np
+from PIL import Image as PILImage
 from sensor_msgs.msg import CompressedImage, Image
+
+# Header reads of images over PIL's own pixel limit warn; the size limit here is the caller's.
+warnings.filterwarnings("ignore", category=PILImage.DecompressionBombWarning)
 
 
 class ImageConversionError(ValueError):
@@ -56,9 +66,9 @@ def encoding_layout(encoding: str) -> tuple[np.dtype, int]:
     raise ImageConversionError(f"unsupported image encoding '{encoding}'")
 
 
-def imgmsg_to_numpy(msg: Image) -> np.ndarray:
-    """Zero-copy view of ``msg.data`` as (H, W) or (H, W, C) in native byte order (big-endian
-    data is byte-swapped into a copy). Validates sizes; the view shares the message's memory."""
+def check_image_layout(msg: Image) -> tuple[np.dtype, int]:
+    """(dtype, channels) of a raw Image whose encoding, size, ``step`` and data length agree;
+    ImageConversionError saying what does not. Cheap: looks at no pixel."""
     dtype, channels = encoding_layout(msg.encoding)
     h, w, step = int(msg.height), int(msg.width), int(msg.step)
     if h <= 0 or w <= 0:
@@ -72,6 +82,16 @@ def imgmsg_to_numpy(msg: Image) -> np.ndarray:
     if size < step * (h - 1) + row:
         raise ImageConversionError(f"data has {size} bytes, expected step*height = {step * h} for "
                                    f"{w}x{h} {msg.encoding}")
+    return dtype, channels
+
+
+def imgmsg_to_numpy(msg: Image) -> np.ndarray:
+    """Zero-copy view of ``msg.data`` as (H, W) or (H, W, C) in native byte order (big-endian
+    data is byte-swapped into a copy). Validates sizes; the view shares the message's memory."""
+    dtype, channels = check_image_layout(msg)
+    h, w, step = int(msg.height), int(msg.width), int(msg.step)
+    row = w * channels * dtype.itemsize
+    size = len(msg.data)
     buf = np.frombuffer(msg.data, dtype=np.uint8)
     if size < step * h:  # last row unpadded: pad virtually via a copy to keep one code path
         buf = np.concatenate([buf, np.zeros(step * h - size, np.uint8)])
@@ -172,50 +192,105 @@ def imgmsg_to_rgb8(msg: Image) -> np.ndarray:
 def cv2_to_imgmsg(arr: np.ndarray, encoding: str = "passthrough", header=None) -> Image:
     """cv_bridge's ``cv2_to_imgmsg``: a new Image holding a copy of ``arr``.
 
-    ``passthrough`` picks the OpenCV-style encoding from dtype and channels (e.g. 8UC3).
+    ``passthrough`` picks the OpenCV-style encoding from dtype and channels (e.g. 8UC3). Any
+    layout is accepted (a non-contiguous slice is copied with its own ``step``); an array in
+    non-native byte order keeps it and sets ``is_bigendian`` accordingly, as cv_bridge does.
     """
     arr = np.ascontiguousarray(arr)
     channels = 1 if arr.ndim == 2 else arr.shape[2]
     if arr.ndim not in (2, 3):
         raise ImageConversionError(f"expected an (H, W) or (H, W, C) array, got shape {arr.shape}")
+    native = arr.dtype.newbyteorder("=")
     if encoding == "passthrough":
-        depth = {v: k for k, v in _CV_DEPTHS.items()}.get(arr.dtype.type)
+        depth = {v: k for k, v in _CV_DEPTHS.items()}.get(native.type)
         if depth is None:
             raise ImageConversionError(f"no ROS encoding for dtype {arr.dtype}")
         encoding = f"{depth}C{channels}"
     dtype, want = encoding_layout(encoding)
-    if arr.dtype != dtype or want != channels:
+    if native != dtype or want != channels:
         raise ImageConversionError(f"array {arr.dtype} x{channels} does not match encoding '{encoding}'")
+    byteorder = arr.dtype.byteorder
+    big_endian = byteorder == ">" or (byteorder in ("=", "|") and sys.byteorder == "big")
     msg = Image()
     if header is not None:
         msg.header = header
     msg.height, msg.width = int(arr.shape[0]), int(arr.shape[1])
     msg.encoding = encoding
-    msg.is_bigendian = sys.byteorder == "big"
+    msg.is_bigendian = big_endian if arr.dtype.itemsize > 1 else sys.byteorder == "big"
     msg.step = int(arr.shape[1] * channels * arr.dtype.itemsize)
     msg.data.frombytes(memoryview(arr).cast("B"))  # one copy; never assign an ndarray
     return msg
 
 
-def compressed_imgmsg_to_cv2(msg: CompressedImage, desired_encoding: str = "passthrough") -> np.ndarray:
-    """Decode jpeg/png (16-bit PNG kept with IMREAD_UNCHANGED) to BGR/BGRA/mono numpy, or to
-    ``desired_encoding`` (rgb8, bgr8, mono8, ...)."""
+# Tokens of CompressedImage.format that name a codec OpenCV reads, or an encoding
+# image_transport writes before it ("bgr8; jpeg compressed bgr8", "16UC1; png compressed").
+_COMPRESSED_TOKENS = {"jpeg", "jpg", "jpe", "png", "bmp", "dib", "tiff", "tif", "webp", "pbm", "pgm", "ppm",
+                      "pnm", "pxm", "sr", "ras", "jp2", "pfm", "hdr", "pic", "exr", "avif", "compressed",
+                      "rgb8", "bgr8", "rgba8", "bgra8", "mono8", "mono16", "16uc1", "8uc1", "32fc1"}
+
+
+def compressed_image_size(msg: CompressedImage) -> tuple[int, int]:
+    """(width, height) of a compressed image from its header, without decoding the pixels;
+    ImageConversionError when no header can be read."""
+    _check_compressed(msg)
+    try:
+        with PILImage.open(io.BytesIO(msg.data)) as img:
+            return int(img.size[0]), int(img.size[1])
+    except PILImage.DecompressionBombError as exc:  # over PIL's own hard limit: size is in the text
+        raise ImageConversionError(f"compressed '{msg.format}' image is far too large: {exc}") from exc
+    except Exception as exc:  # noqa: BLE001 - PIL raises many types for unreadable headers
+        raise ImageConversionError(f"could not read the image size from the header of {len(msg.data)} bytes "
+                                   f"of compressed '{msg.format}' data") from exc
+
+
+def _check_compressed(msg: CompressedImage) -> None:
     if len(msg.data) == 0:
         raise ImageConversionError("compressed image has no data")
-    fmt = msg.format.lower()
-    known = ("jpeg", "jpg", "png", "rgb8", "bgr8", "mono8", "mono16", "rgba8", "bgra8", "16uc1", "8uc1")
-    if fmt and not any(tok in fmt for tok in known):
-        raise ImageConversionError(f"unsupported compressed format '{msg.format}' (expected jpeg or png)")
+    tokens = set(re.split(r"[^0-9a-z]+", msg.format.lower())) - {""}
+    if tokens and not tokens & _COMPRESSED_TOKENS:
+        raise ImageConversionError(f"unsupported compressed format '{msg.format}' (expected a format OpenCV "
+                                   "decodes: jpeg, png, bmp, tiff, webp, pbm/pgm/ppm, sr/ras, ...)")
+
+
+def compressed_imgmsg_to_cv2(msg: CompressedImage, desired_encoding: str = "passthrough") -> np.ndarray:
+    """Decode any format OpenCV reads (16-bit PNG kept with IMREAD_UNCHANGED) to BGR/BGRA/mono
+    numpy, or to ``desired_encoding`` (rgb8, bgr8, mono8, ...)."""
+    _check_compressed(msg)
     buf = np.frombuffer(msg.data, dtype=np.uint8)
     arr = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
     if arr is None:
         raise ImageConversionError(f"could not decode {len(msg.data)} bytes of compressed '{msg.format}' data")
-    channels = 1 if arr.ndim == 2 else arr.shape[2]
-    src = {1: "mono", 3: "bgr", 4: "bgra"}[channels] + ("16" if arr.dtype == np.uint16 else "8")
     dst = (desired_encoding or "passthrough").lower()
     if dst == "passthrough":
         return arr
-    return convert_encoding(arr, src, dst)
+    channels = 1 if arr.ndim == 2 else arr.shape[2]
+    depth = {np.dtype(np.uint8): "8", np.dtype(np.uint16): "16"}.get(arr.dtype)
+    if depth is None or channels not in (1, 3, 4):
+        raise ImageConversionError(f"compressed '{msg.format}' data decodes to {channels}-channel {arr.dtype}, "
+                                   f"which cannot be converted to '{desired_encoding}'")
+    return convert_encoding(arr, {1: "mono", 3: "bgr", 4: "bgra"}[channels] + depth, dst)
+
+
+def read_rgb8(msg: Image | CompressedImage, max_pixels: int | None = None) -> np.ndarray:
+    """Any readable camera image, raw or compressed, as (H, W, 3) RGB uint8 for the model;
+    refused with ImageConversionError before decoding when it has more than ``max_pixels``."""
+    if max_pixels is not None:
+        check_image_size(msg, max_pixels)
+    if isinstance(msg, CompressedImage):
+        return compressed_imgmsg_to_cv2(msg, "rgb8")
+    return imgmsg_to_rgb8(msg)
+
+
+def check_image_size(msg: Image | CompressedImage, max_pixels: int) -> None:
+    """ImageConversionError when the image has more than ``max_pixels`` (for a compressed image
+    read from its header, or when its header cannot be read)."""
+    if isinstance(msg, CompressedImage):
+        width, height = compressed_image_size(msg)
+    else:
+        width, height = int(msg.width), int(msg.height)
+    if width * height > max_pixels:
+        raise ImageConversionError(f"{width}x{height} has {width * height} pixels, over "
+                                   f"max_image_pixels={max_pixels}")
 
 
 def compressed_imgmsg_to_rgb8(msg: CompressedImage) -> np.ndarray:
@@ -224,11 +299,16 @@ def compressed_imgmsg_to_rgb8(msg: CompressedImage) -> np.ndarray:
 
 
 def cv2_to_compressed_imgmsg(arr: np.ndarray, dst_format: str = "jpg", header=None) -> CompressedImage:
-    """Encode a BGR/mono numpy image as jpeg or png into a new CompressedImage."""
+    """Encode a BGR/mono numpy image in any format OpenCV writes (jpg, png, bmp, tiff, webp,
+    pbm/pgm/ppm, sr/ras, ...) into a new CompressedImage."""
     fmt = dst_format.lower().lstrip(".")
-    ok, enc = cv2.imencode("." + ("jpg" if fmt == "jpeg" else fmt), arr)
+    try:
+        ok, enc = cv2.imencode("." + ("jpg" if fmt == "jpeg" else fmt), arr)
+    except cv2.error as exc:
+        raise ImageConversionError(f"could not encode a {arr.dtype} {arr.shape} image as {dst_format}: "
+                                   f"{str(exc).strip().splitlines()[-1]}") from exc
     if not ok:
-        raise ImageConversionError(f"could not encode image as {dst_format}")
+        raise ImageConversionError(f"could not encode a {arr.dtype} {arr.shape} image as {dst_format}")
     msg = CompressedImage()
     if header is not None:
         msg.header = header

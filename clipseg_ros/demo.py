@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import random
 import signal
@@ -143,7 +142,7 @@ def main(argv=None) -> int:
     env.setdefault("ROS_DOMAIN_ID", str(random.randint(1, 100)))  # keep off a robot's default domain
     env.setdefault("FASTDDS_BUILTIN_TRANSPORTS", "LARGE_DATA")  # large images between processes
     os.environ.update({k: env[k] for k in ("ROS_DOMAIN_ID", "FASTDDS_BUILTIN_TRANSPORTS")})
-    node_cmd = [sys.executable, "-m", "clipseg_ros.node", "--ros-args", "-r", "__node:=clipseg",
+    node_cmd = [sys.executable, "-m", "clipseg_ros", "--ros-args", "-r", "__node:=clipseg",
                 "-p", f"model:={model}", "-p", f"device:={args.device}",
                 "-p", "prompts:=[" + ", ".join(json.dumps(p) for p in prompts) + "]",
                 "-p", "image_topics:=[/demo/image]", "-p", f"rate:={float(args.node_rate)}",
@@ -179,6 +178,7 @@ def play(frames, prompts, output: Path, args, node) -> list[dict]:
     from sensor_msgs.msg import Image
 
     from clipseg_ros.conversions import cv2_to_imgmsg, imgmsg_to_cv2
+    from clipseg_ros.messages import confidence_record
 
     rclpy.init()
     player = Node("clipseg_demo_player")
@@ -210,13 +210,8 @@ def play(frames, prompts, output: Path, args, node) -> list[dict]:
             cv2.imwrite(str(output / f"{name}_label.png"), imgmsg_to_cv2(seg.label))
             for k, mask in enumerate(seg.masks):
                 cv2.imwrite(str(output / f"{name}_mask_{k}.png"), imgmsg_to_cv2(mask))
-            records.append({"frame": name, "inference_ms": round(seg.inference_ms, 1), "confidences": [
-                {"prompt": c.prompt, "max_score": round(c.max_score, 4), "mean_score": round(c.mean_score, 4),
-                 "area_fraction": round(c.area_fraction, 4), "detected": c.detected,
-                 "bbox": [c.bbox.x_offset, c.bbox.y_offset, c.bbox.width, c.bbox.height],
-                 "centroid": [None if math.isnan(c.centroid_x) else round(c.centroid_x, 1),
-                              None if math.isnan(c.centroid_y) else round(c.centroid_y, 1)]}
-                for c in seg.confidences]})
+            records.append({"frame": name, "inference_ms": round(seg.inference_ms, 1),
+                            "confidences": [confidence_record(c) for c in seg.confidences]})
             print(f"demo: {name}: {seg.inference_ms:.0f} ms", flush=True)
     finally:
         spinner.stop()

@@ -59,7 +59,7 @@ class StreamStats:
     since: float  # when the stream was (re)activated
     received: int = 0
     superseded: int = 0  # overwritten by a newer frame before inference (by design: no queue)
-    unreadable: int = 0  # refused by conversion or size checks
+    unreadable: int = 0  # refused by conversion or size checks (on arrival or when taken)
     failed: int = 0  # lost to an inference exception
     processed: int = 0
     consecutive_failures: int = 0
@@ -67,6 +67,10 @@ class StreamStats:
     last_error: str = ""
     inputs: SlidingWindow = field(default_factory=SlidingWindow)
     outputs: SlidingWindow = field(default_factory=SlidingWindow)
+    # Frames whose readability is known (checked on arrival and refused, or decoded when taken):
+    # unreadable frames are judged against these, not against every arrival, since most
+    # arrivals are superseded unread at a throttled rate.
+    examined: SlidingWindow = field(default_factory=SlidingWindow)
     refused: SlidingWindow = field(default_factory=SlidingWindow)
     model_ms: SlidingWindow = field(default_factory=SlidingWindow)
     latency_ms: SlidingWindow = field(default_factory=SlidingWindow)  # receipt -> published
@@ -84,6 +88,11 @@ class StreamStats:
             self.unreadable += 1
             self.last_error = reason
             self.refused.add(now)
+            self.examined.add(now)
+
+    def on_readable(self, now: float) -> None:
+        with self.lock:
+            self.examined.add(now)
 
     def on_failed(self, reason: str) -> None:
         with self.lock:
@@ -114,11 +123,11 @@ class StreamStats:
                 flag(WARN, f"no frames received on {self.topic}")
             elif age is not None and age > input_timeout:
                 flag(WARN, f"no input for {age:.1f} s")
-            refused, arrived = self.refused.count(now), self.inputs.count(now)
-            if refused and refused >= arrived:
+            refused, examined = self.refused.count(now), self.examined.count(now)
+            if refused and refused >= examined:
                 flag(ERROR, f"all recent frames unreadable: {self.last_error}")
             elif refused:
-                flag(WARN, f"{refused} of {arrived} recent frames unreadable: {self.last_error}")
+                flag(WARN, f"{refused} of {examined} recent frames examined were unreadable: {self.last_error}")
             if self.consecutive_failures:
                 flag(ERROR, f"segmentation failing ({self.consecutive_failures} in a row): {self.last_error}")
             p50, p95 = self.latency_ms.percentile(now, 50), self.latency_ms.percentile(now, 95)

@@ -1,12 +1,59 @@
-"""SegmentationResult -> ROS messages. numpy only (no torch): the core's result is plain arrays."""
+"""One segmentation result -> the node's output messages; and back to plain records for files.
+
+numpy and OpenCV only (no torch): the core's result is plain arrays. The node, the benchmarks and
+the tools build their messages here and nowhere else.
+"""
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
 from clipseg_ros_interfaces.msg import Confidences, PromptConfidence, Segmentation
-from sensor_msgs.msg import RegionOfInterest
+from sensor_msgs.msg import Image, RegionOfInterest
 
 from clipseg_ros.conversions import cv2_to_imgmsg
+from clipseg_ros.overlay import render_overlay
 from clipseg_ros.postprocess import PromptStats, SegmentationResult
+
+
+@dataclass(frozen=True)
+class OutputOptions:
+    """Which optional outputs to build (the node's ``publish_*`` and ``overlay_alpha``)."""
+
+    include_masks: bool = True
+    label: bool = True
+    overlay: bool = True
+    overlay_alpha: float = 0.5
+
+
+@dataclass(frozen=True)
+class OutputMessages:
+    """Everything published for one frame; ``label``/``overlay`` are None when not wanted."""
+
+    segmentation: Segmentation
+    confidences: Confidences
+    label: Image | None
+    overlay: Image | None
+
+
+def build_outputs(result: SegmentationResult, image_rgb: np.ndarray, header,
+                  options: OutputOptions = OutputOptions()) -> OutputMessages:
+    """The messages for one frame: ``header`` is the input image's, ``image_rgb`` (H, W, 3) uint8
+    the frame the overlay is drawn on."""
+    label = label_msg(result, header)
+    overlay = None
+    if options.overlay:
+        bgr = render_overlay(cv2.cvtColor(image_rgb, cv2.COLOR_RGB2BGR), result.label, result.prompts,
+                             alpha=options.overlay_alpha, scores=[s.max_score for s in result.stats])
+        overlay = cv2_to_imgmsg(bgr, "bgr8", header)
+    return OutputMessages(
+        segmentation=segmentation_msg(result, header, include_masks=options.include_masks, label=label),
+        confidences=confidences_msg(result, header),
+        label=label if options.label else None,
+        overlay=overlay)
 
 
 def prompt_confidence(stats: PromptStats) -> PromptConfidence:
@@ -19,23 +66,36 @@ def prompt_confidence(stats: PromptStats) -> PromptConfidence:
 
 
 def segmentation_msg(result: SegmentationResult, header, *, include_masks: bool = True,
-                     inference_ms: float = 0.0) -> Segmentation:
-    """Segmentation message: header copied from the input image, masks as mono8 images."""
+                     label: Image | None = None) -> Segmentation:
+    """Segmentation message: header copied from the input image, masks as mono8 images,
+    ``inference_ms`` from the result's total time."""
     msg = Segmentation()
     msg.header = header
     msg.prompts = list(result.prompts)
     msg.confidences = [prompt_confidence(s) for s in result.stats]
     if include_masks:
         msg.masks = [cv2_to_imgmsg(m, "mono8", header) for m in result.masks]
-    msg.label = label_msg(result, header)
+    msg.label = label if label is not None else label_msg(result, header)
     msg.threshold = float(result.threshold)
-    msg.inference_ms = float(inference_ms)
+    msg.inference_ms = float(result.timings_ms.get("total", 0.0))
     return msg
 
 
-def label_msg(result: SegmentationResult, header):
+def label_msg(result: SegmentationResult, header) -> Image:
     return cv2_to_imgmsg(result.label, "mono8", header)
 
 
 def confidences_msg(result: SegmentationResult, header) -> Confidences:
     return Confidences(header=header, confidences=[prompt_confidence(s) for s in result.stats])
+
+
+def confidence_record(conf: PromptConfidence, digits: int = 4) -> dict:
+    """A received PromptConfidence as a JSON-ready dict (NaN centroid -> None)."""
+    def coord(v: float):
+        return None if math.isnan(v) else round(v, 1)
+
+    return {"prompt": conf.prompt, "max_score": round(conf.max_score, digits),
+            "mean_score": round(conf.mean_score, digits), "area_fraction": round(conf.area_fraction, digits),
+            "detected": bool(conf.detected),
+            "bbox": [conf.bbox.x_offset, conf.bbox.y_offset, conf.bbox.width, conf.bbox.height],
+            "centroid": [coord(conf.centroid_x), coord(conf.centroid_y)]}

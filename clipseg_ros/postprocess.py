@@ -1,8 +1,7 @@
-"""Post-processing of CLIPSeg logits: probabilities, masks, label image, per-prompt stats, overlay.
+"""Post-processing of CLIPSeg logits: probabilities, masks, label image, per-prompt stats.
 
-No ROS in here. The heavy steps (sigmoid, upsampling, thresholding, reductions) run in torch on
-the logits' device, so a GPU does them next to the model and only uint8 masks cross to the host;
-the overlay is drawn with OpenCV on the host.
+No ROS in here. The sigmoid runs in torch on the logits' device, so on a GPU only the 352x352
+probabilities cross to the host; upsampling, thresholding and reductions use OpenCV there.
 """
 
 from __future__ import annotations
@@ -24,7 +23,10 @@ class PromptStats:
     """Per-prompt numbers, as in clipseg_ros_interfaces/PromptConfidence.
 
     bbox is (x, y, width, height) in input-image pixels, all zero when the mask is empty;
-    centroid is (x, y) in input-image pixels, NaN when the mask is empty.
+    centroid is (x, y) in input-image pixels, NaN when the mask is empty. ``detected`` is true
+    exactly when the published mask has a pixel at or above the threshold (``area_fraction > 0``):
+    one rule for masks, label, stats and detection. ``max_score`` is the model's own maximum
+    probability, before upsampling and rounding to uint8.
     """
 
     prompt: str
@@ -54,7 +56,6 @@ class SegmentationResult:
     threshold: float
     image_size: tuple[int, int]
     timings_ms: dict = field(default_factory=dict)
-    prompt_version: int = 0
 
 
 def empty_result(image_size: tuple[int, int], threshold: float) -> SegmentationResult:
@@ -162,62 +163,6 @@ def mask_stats(masks: np.ndarray, prompts: Sequence[str], max_scores: Sequence[f
             bbox, centroid, mean = (0, 0, 0, 0), (math.nan, math.nan), 0.0
         mx = float(max_scores[k])
         stats.append(PromptStats(prompt=str(prompts[k]), max_score=mx, mean_score=float(mean),
-                                 area_fraction=area / float(grid_h * grid_w), detected=bool(mx >= threshold),
+                                 area_fraction=area / float(grid_h * grid_w), detected=area > 0,
                                  bbox=bbox, centroid=(float(centroid[0]), float(centroid[1]))))
     return stats
-
-
-def palette(n: int) -> np.ndarray:
-    """(n, 3) uint8 BGR colours, well separated for small n (golden-angle hues)."""
-    if n == 0:
-        return np.zeros((0, 3), np.uint8)
-    hues = ((np.arange(n) * 0.618033988749895) % 1.0 * 179).astype(np.uint8)
-    hsv = np.stack([hues, np.full(n, 220, np.uint8), np.full(n, 255, np.uint8)], axis=1)[None]
-    return cv2.cvtColor(hsv, cv2.COLOR_HSV2BGR)[0]
-
-
-def render_overlay(image_bgr: np.ndarray, label: np.ndarray, prompts: Sequence[str], *,
-                   alpha: float = 0.5, scores: Sequence[float] | None = None) -> np.ndarray:
-    """Colour overlay for RViz: the image with each prompt's region tinted, plus a legend.
-
-    ``image_bgr``: (H, W, 3) uint8. ``label``: (h, w) uint8 (resized to H x W with nearest
-    neighbour if it is on another grid). Returns a new (H, W, 3) BGR uint8 image; the legend names
-    each prompt in its colour (with its max score when ``scores`` is given). Non-ASCII characters
-    are drawn as '?' (OpenCV's Hershey fonts are ASCII-only).
-    """
-    h, w = image_bgr.shape[:2]
-    if label.shape != (h, w):
-        label = cv2.resize(label, (w, h), interpolation=cv2.INTER_NEAREST)
-    colours = palette(len(prompts))
-    out = np.array(image_bgr, dtype=np.uint8, copy=True, order="C")
-    if len(prompts):
-        # OpenCV LUT/blend/masked copy: ~20x faster than numpy fancy indexing at 1080p.
-        lut = np.zeros((256, 1, 3), np.uint8)
-        lut[1:len(colours) + 1, 0] = colours[:255]
-        tint = cv2.LUT(cv2.cvtColor(np.ascontiguousarray(label), cv2.COLOR_GRAY2BGR), lut)
-        blended = cv2.addWeighted(out, 1.0 - alpha, tint, alpha, 0.0)
-        cv2.copyTo(blended, label, out)  # only where label != 0
-    _draw_legend(out, prompts, colours, scores)
-    return out
-
-
-def _draw_legend(img: np.ndarray, prompts: Sequence[str], colours: np.ndarray,
-                 scores: Sequence[float] | None) -> None:
-    if not len(prompts):
-        return
-    h, w = img.shape[:2]
-    scale = max(0.35, min(1.0, h / 900.0))
-    line = int(round(24 * scale)) + 4
-    box = int(round(14 * scale)) + 2
-    for k, prompt in enumerate(prompts):
-        y = 6 + k * line
-        if y + box >= h:
-            break
-        text = prompt.encode("ascii", "replace").decode("ascii")
-        if scores is not None:
-            text = f"{text} {scores[k]:.2f}"
-        colour = tuple(int(c) for c in colours[k])
-        cv2.rectangle(img, (6, y), (6 + box, y + box), colour, thickness=-1)
-        org = (12 + box, y + box - 2)
-        cv2.putText(img, text, org, cv2.FONT_HERSHEY_SIMPLEX, 0.5 * scale + 0.1, (0, 0, 0), 3, cv2.LINE_AA)
-        cv2.putText(img, text, org, cv2.FONT_HERSHEY_SIMPLEX, 0.5 * scale + 0.1, colour, 1, cv2.LINE_AA)

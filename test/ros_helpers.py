@@ -25,14 +25,14 @@ def wait_for(predicate, timeout: float, interval: float = 0.02, what: str = "con
 
 
 class NodeProcess:
-    """``python -m clipseg_ros.node`` in a subprocess, with its log kept for assertions."""
+    """``python -m clipseg_ros`` (the node process) in a subprocess, with its log kept for assertions."""
 
     def __init__(self, name: str, params: dict, log_dir: Path, remaps: dict | None = None,
                  params_file: str | None = None, env: dict | None = None, ready_text: str = "segmenting"):
         self.name = name
         self.ready_text = ready_text
         self.log_path = Path(log_dir) / f"{name}.log"
-        args = [sys.executable, "-m", "clipseg_ros.node", "--ros-args", "-r", f"__node:={name}"]
+        args = [sys.executable, "-m", "clipseg_ros", "--ros-args", "-r", f"__node:={name}"]
         if params_file:
             args += ["--params-file", str(params_file)]
         for key, value in params.items():

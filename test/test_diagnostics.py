@@ -13,6 +13,7 @@ def feed(stats, start, end, hz, latency_ms=100.0, model_ms=80.0):
     for i in range(round((end - start) * hz)):
         t = start + i / hz
         stats.on_received(t, superseded=False)
+        stats.on_readable(t)
         stats.on_published(t + latency_ms / 1e3, model_ms, latency_ms)
 
 
@@ -64,6 +65,23 @@ def test_unreadable_frames_warn_or_error_and_failures_error_until_a_success():
     assert level == ERROR and "segmentation failing (1 in a row): RuntimeError: boom" in message
     s.on_published(8.1, 50.0, 60.0)
     assert s.assess(8.2, 20.0, 3.0)[0] == OK
+
+
+def test_a_camera_sending_only_unreadable_frames_is_an_error_at_a_throttled_rate():
+    # Review defect 6: at 30 Hz in and 5 Hz examined, most frames are superseded unread. Judged
+    # against arrivals, 25 refused of 150 received was only WARN; judged against the frames
+    # actually examined, all of them were unreadable.
+    s = camera()
+    for i in range(150):
+        t = i / 30
+        s.on_received(t, superseded=i % 6 != 0)
+        if i % 6 == 0:  # the throttled worker takes every sixth frame and cannot read it
+            s.on_unreadable(t, "could not decode 400 bytes of compressed 'jpeg' data")
+    level, message, _ = s.assess(5.0, 2.0, 3.0)
+    assert level == ERROR and "all recent frames unreadable" in message
+    s.on_readable(5.0)  # one good frame among them: a warning, counted over examined frames
+    level, message, _ = s.assess(5.0, 2.0, 3.0)
+    assert level == WARN and "25 of 26 recent frames examined were unreadable" in message, message
 
 
 def test_windows_are_bounded():

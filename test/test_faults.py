@@ -81,7 +81,7 @@ def test_model_load_failure_is_one_clear_error_and_nonzero_exit(tmp_path, model,
 def test_exit_watchdog_ends_a_stuck_teardown():
     # Stands in for Fast DDS deadlocking in participant deletion: a C call that holds the GIL
     # (PyDLL does not release it), so only a watchdog outside Python can end the process.
-    code = ("import ctypes; from clipseg_ros.node import _exit_if_stuck; _exit_if_stuck(0.3); "
+    code = ("import ctypes; from clipseg_ros.process import exit_if_stuck; exit_if_stuck(0.3); "
             "ctypes.PyDLL(None).sleep(30)")
     t0 = time.monotonic()
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
@@ -258,7 +258,7 @@ def test_prompts_changed_during_inference_apply_from_the_next_frame(live_node, c
     pub = client.node.create_publisher(String, "/clipseg_inproc/prompts", 10)
     wait_for(lambda: pub.get_subscription_count() > 0, 30, what="prompt subscriber")
     pub.publish(String(data="chair"))
-    wait_for(lambda: list(node._prompt_set.names) == ["chair"], 10, what="new prompt set installed")
+    wait_for(lambda: list(node.prompts.prompt_set.names) == ["chair"], 10, what="new prompt set installed")
     release.set()
     first = wait_for(lambda: segs[before:] and segs[before], 10, what="the frame in flight")
     assert list(first.prompts) == ["cup", "door handle"]  # the set it started with

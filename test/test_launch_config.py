@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from clipseg_ros.node import parameter_specs
+from clipseg_ros.settings import parameter_specs
 
 ROOT = Path(__file__).resolve().parents[1]
 DECLARED = {name: default for name, default, _ in parameter_specs()}

@@ -13,8 +13,9 @@ from sensor_msgs.msg import Image  # noqa: E402
 from std_msgs.msg import String  # noqa: E402
 
 from clipseg_ros.conversions import cv2_to_imgmsg, imgmsg_to_cv2  # noqa: E402
-from clipseg_ros.node import camera_name_from_topic, parse_prompt_text  # noqa: E402
+from clipseg_ros.cameras import camera_name_from_topic  # noqa: E402
 from clipseg_ros.postprocess import mask_level  # noqa: E402
+from clipseg_ros.prompts import parse_prompt_text  # noqa: E402
 from clipseg_ros_interfaces.msg import Confidences, Segmentation  # noqa: E402
 from clipseg_ros_interfaces.srv import SetPrompts  # noqa: E402
 from ros_helpers import CameraPublisher, NodeProcess, assert_clean_exit, make_image, wait_for  # noqa: E402
@@ -72,7 +73,7 @@ def test_outputs_match_input(node, client):
         assert conf.prompt == seg.prompts[k]
         assert abs(conf.max_score - mask.max() / 255) < 0.02
         assert abs(conf.area_fraction - (mask >= level).mean()) < 1e-6
-        assert conf.detected == (conf.max_score >= seg.threshold)
+        assert conf.detected == (conf.area_fraction > 0) == bool((mask >= level).any())
         if conf.area_fraction > 0:
             assert 0 <= conf.bbox.x_offset and conf.bbox.x_offset + conf.bbox.width <= 480
             assert 0 <= conf.centroid_x < 480 and 0 <= conf.centroid_y < 360

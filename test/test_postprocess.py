@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from clipseg_ros.postprocess import (empty_result, label_from_masks, palette, postprocess_logits,
-                                     render_overlay)
+from clipseg_ros.overlay import palette, render_overlay
+from clipseg_ros.postprocess import empty_result, label_from_masks, mask_level, postprocess_logits
 
 
 def logits_from_probs(probs):
@@ -154,3 +154,23 @@ def test_overlay_tints_labelled_pixels_and_draws_legend():
 def test_palette_distinct():
     p = palette(8)
     assert p.shape == (8, 3) and len({tuple(c) for c in p}) == 8
+
+
+def test_detected_is_exactly_whether_the_published_mask_has_a_pixel_at_the_threshold():
+    # Review defect 8: a peak of probability 0.399 rounds to mask value 102 = the level of
+    # threshold 0.4, so the mask shows a pixel while max_score < threshold said "not detected".
+    probs = np.full((1, 8, 8), 0.1)
+    probs[0, 3, 3] = 0.399
+    result = postprocess_logits(logits_from_probs(probs), ["cup"], (8, 8), threshold=0.4,
+                                output_size=(8, 8))
+    s = result.stats[0]
+    assert result.masks[0, 3, 3] == mask_level(0.4) == 102
+    assert s.max_score < 0.4
+    assert s.detected and s.area_fraction > 0 and result.label[3, 3] == 1
+    # and the other way round: just above the threshold in probability but rounding below the level
+    probs[0, 3, 3] = 0.3985  # 101.6 -> 102 (inside); 0.3975 -> 101.4 -> 101 (outside)
+    probs[0, 3, 3] = 0.3975
+    result = postprocess_logits(logits_from_probs(probs), ["cup"], (8, 8), threshold=0.3975,
+                                output_size=(8, 8))
+    s = result.stats[0]
+    assert s.detected == (s.area_fraction > 0) == bool((result.masks[0] >= mask_level(0.3975)).any())

@@ -88,7 +88,8 @@ BAD_IMAGES = {
                        "8000x6000 has 48000000 pixels, over max_image_pixels=16777216"),
 }
 BAD_COMPRESSED = {
-    "corrupt bytes": (lambda: compressed_msg("jpeg", b"\xff\xd8 not really a jpeg" * 20), "could not decode"),
+    "corrupt bytes": (lambda: compressed_msg("jpeg", b"\xff\xd8 not really a jpeg" * 20),
+                      "could not read the image size from the header"),
     "empty data": (lambda: compressed_msg("png", b""), "compressed image has no data"),
     "unknown format": (lambda: compressed_msg("webp2", b"\x00" * 50), "unsupported compressed format 'webp2'"),
 }

@@ -1,0 +1,160 @@
+"""The node's parameters: the declared table, and the typed, frozen settings read from it.
+
+:func:`parameter_specs` is the one table of names, defaults, types, ranges and descriptions (the
+YAML file and the launch file are tested against it). :class:`NodeSettings` holds every value
+except the prompt ones (``prompts``, ``prompt_template``, ``max_prompts`` belong to
+:class:`clipseg_ros.prompts.PromptBook`); a change makes a new NodeSettings or is refused.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+from typing import Mapping
+
+from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, ParameterType
+
+from clipseg_ros.device import check_device_name, resolve_dtype, resolve_device
+from clipseg_ros.engine import DEFAULT_MODEL
+from clipseg_ros.messages import OutputOptions
+from clipseg_ros.postprocess import MAX_LABELS
+
+INPUT_QOS = ("sensor_data", "reliable", "system_default")
+MASK_RESOLUTIONS = ("input", "model")
+
+
+def parameter_specs() -> list[tuple[str, object, ParameterDescriptor]]:
+    """(name, default, descriptor) of every parameter the node declares; default None means an
+    empty string array (rclpy cannot type an empty list)."""
+    def desc(text, ptype, read_only=False, **extra):
+        return ParameterDescriptor(description=text, type=ptype, read_only=read_only, **extra)
+
+    S, D, B, I = (ParameterType.PARAMETER_STRING, ParameterType.PARAMETER_DOUBLE,
+                  ParameterType.PARAMETER_BOOL, ParameterType.PARAMETER_INTEGER)
+    SA = ParameterType.PARAMETER_STRING_ARRAY
+    unit = [FloatingPointRange(from_value=0.0, to_value=1.0, step=0.0)]
+    return [
+        ("lifecycle", False, desc("true: wait for lifecycle transitions (configure loads the model, activate "
+                                  "starts the cameras); false: configure and activate on start", B, True)),
+        ("model", DEFAULT_MODEL, desc("hub id or local directory of a CLIPSeg checkpoint (safetensors)", S, True)),
+        ("device", "auto", desc("auto | cpu | cuda | cuda:<index>", S, True)),
+        ("device_strict", False, desc("refuse to start when the requested CUDA device is missing "
+                                      "(default: warn and run on the CPU)", B, True)),
+        ("dtype", "auto", desc("auto (fp16 on CUDA, fp32 on CPU) | float32 | float16 | bfloat16", S, True)),
+        ("prompts", None, desc("text prompts; change at runtime (also via ~/prompts, ~/set_prompts)", SA)),
+        ("prompt_template", "{}", desc("template applied to each text prompt, e.g. 'a photo of a {}.'", S)),
+        ("max_prompts", 32, desc("most prompts (text + image) accepted at once", I,
+                                 integer_range=[IntegerRange(from_value=1, to_value=MAX_LABELS, step=1)])),
+        ("image_topics", ["image"], desc("camera topics; a name ending in /compressed (after remapping) is a "
+                                         "CompressedImage", SA, True)),
+        ("camera_names", None, desc("output namespace per camera; empty = derived from the topics", SA, True)),
+        ("rate", 5.0, desc("segmentation rate in Hz (0 = as fast as the model allows)", D,
+                           floating_point_range=[FloatingPointRange(from_value=0.0, to_value=1000.0, step=0.0)])),
+        ("threshold", 0.4, desc("probability threshold for masks, label and detection", D,
+                                floating_point_range=unit)),
+        ("input_qos", "sensor_data", desc("sensor_data | reliable | system_default", S, True)),
+        ("publish_masks", True, desc("per-prompt masks inside ~/segmentation", B)),
+        ("publish_label", True, desc("publish ~/label", B)),
+        ("publish_overlay", True, desc("publish ~/overlay (bgr8 with legend, for RViz)", B)),
+        ("overlay_alpha", 0.5, desc("overlay tint opacity", D, floating_point_range=unit)),
+        ("mask_resolution", "input", desc("input (masks at camera size) | model (352x352)", S)),
+        ("num_threads", 0, desc("torch CPU threads (0 = torch default)", I,
+                                integer_range=[IntegerRange(from_value=0, to_value=256, step=1)])),
+        ("max_image_pixels", 4096 * 4096, desc("larger camera frames and prompt images are refused with a warning "
+                                               "(memory: masks take prompts x pixels bytes)", I,
+                                               integer_range=[IntegerRange(from_value=1, to_value=1 << 30, step=1)])),
+        ("input_timeout", 2.0, desc("diagnostics WARN when a camera sends nothing for this many seconds", D,
+                                    floating_point_range=[FloatingPointRange(from_value=0.1, to_value=3600.0,
+                                                                             step=0.0)])),
+        ("max_latency", 3.0, desc("diagnostics WARN when latency p95 (receipt to publish, s) exceeds this, "
+                                  "ERROR above twice it", D,
+                                  floating_point_range=[FloatingPointRange(from_value=0.01, to_value=3600.0,
+                                                                           step=0.0)])),
+    ]
+
+
+@dataclass(frozen=True)
+class NodeSettings:
+    """Every non-prompt parameter, typed. Read-only ones are fixed at start; the others change
+    through :meth:`updated`. rclpy checks types and ranges from the descriptors; :meth:`problems`
+    checks the rest."""
+
+    lifecycle: bool
+    model: str
+    device: str
+    device_strict: bool
+    dtype: str
+    image_topics: tuple[str, ...]
+    camera_names: tuple[str, ...]
+    rate: float
+    threshold: float
+    input_qos: str
+    publish_masks: bool
+    publish_label: bool
+    publish_overlay: bool
+    overlay_alpha: float
+    mask_resolution: str
+    num_threads: int
+    max_image_pixels: int
+    input_timeout: float
+    max_latency: float
+
+    @classmethod
+    def from_values(cls, values: Mapping[str, object]) -> "NodeSettings":
+        """Settings from parameter values (extra names ignored); ValueError naming every problem."""
+        kwargs = {}
+        for f in fields(cls):
+            value = values[f.name]
+            kwargs[f.name] = tuple(value or ()) if f.type == "tuple[str, ...]" else value
+        settings = cls(**kwargs)
+        problems = settings.problems()
+        if problems:
+            raise ValueError("invalid parameters: " + "; ".join(problems))
+        return settings
+
+    def updated(self, values: Mapping[str, object]) -> "NodeSettings":
+        """A copy with ``values`` changed (names that are not settings are ignored); ValueError
+        with the reason when a value is refused."""
+        names = {f.name for f in fields(self)}
+        changed = {k: (tuple(v) if isinstance(v, (list, tuple)) else v) for k, v in values.items() if k in names}
+        candidate = replace(self, **changed)
+        problems = candidate.problems(only=changed)
+        if problems:
+            raise ValueError("; ".join(problems))
+        return candidate
+
+    def problems(self, only: Mapping[str, object] | None = None) -> list[str]:
+        """What is wrong with these values (only the named ones when ``only`` is given)."""
+        checks = {
+            "device": lambda: check_device_name(self.device),  # whether it exists is configure's question
+            "dtype": lambda: resolve_dtype(self.dtype, resolve_device("cpu")),
+            "input_qos": lambda: _one_of("input_qos", self.input_qos, INPUT_QOS),
+            "mask_resolution": lambda: _one_of("mask_resolution", self.mask_resolution, MASK_RESOLUTIONS),
+            "image_topics": lambda: _require(bool(self.image_topics), "image_topics is empty"),
+            "camera_names": lambda: _require(
+                not self.camera_names or len(self.camera_names) == len(self.image_topics),
+                f"camera_names has {len(self.camera_names)} entries for {len(self.image_topics)} image_topics"),
+        }
+        found = []
+        for name, check in checks.items():
+            if only is not None and name not in only:
+                continue
+            try:
+                check()
+            except ValueError as exc:
+                found.append(str(exc))
+        return found
+
+    @property
+    def output_options(self) -> OutputOptions:
+        return OutputOptions(include_masks=self.publish_masks, label=self.publish_label,
+                             overlay=self.publish_overlay, overlay_alpha=self.overlay_alpha)
+
+
+def _one_of(name: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {', '.join(allowed)}, not '{value}'")
+
+
+def _require(condition: bool, problem: str) -> None:
+    if not condition:
+        raise ValueError(problem)
