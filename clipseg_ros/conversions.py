@@ -236,8 +236,8 @@ def compressed_image_size(msg: CompressedImage) -> tuple[int, int]:
     try:
         with PILImage.open(io.BytesIO(msg.data)) as img:
             return int(img.size[0]), int(img.size[1])
-    except PILImage.DecompressionBombError as exc:  # over PIL's own hard limit: size is in the text
-        raise ImageConversionError(f"compressed '{msg.format}' image is far too large: {exc}") from exc
+    except PILImage.DecompressionBombError as exc:  # over PIL's process-wide limit (PIL.Image.MAX_IMAGE_PIXELS)
+        raise ImageConversionError(f"compressed '{msg.format}' image is far too large to read: {exc}") from exc
     except Exception as exc:  # noqa: BLE001 - PIL raises many types for unreadable headers
         raise ImageConversionError(f"could not read the image size from the header of {len(msg.data)} bytes "
                                    f"of compressed '{msg.format}' data") from exc

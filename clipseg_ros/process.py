@@ -26,8 +26,13 @@ def main(args=None, teardown_deadline_s: float | None = None) -> int:
     LARGE_DATA) can deadlock in participant deletion (seen here: ``TCPChannelResourceBasic::disconnect``
     waiting on a mutex forever; eProsima/Fast-DDS#6066 fixes one such case), and a robot's node
     must not hang on Ctrl-C because of it."""
+    from PIL import Image as PILImage
+
     from clipseg_ros.node import ClipSegNode  # after rclpy: the node module imports torch
 
+    # Compressed frames are measured from their headers with PIL, which refuses headers over its
+    # own limit (179 M pixels) without saying their size; the node applies max_image_pixels itself.
+    PILImage.MAX_IMAGE_PIXELS = None
     rclpy.init(args=args)
     node = None
     status = 0

@@ -2,7 +2,9 @@
 
 import os
 import random
+import struct
 import sys
+import zlib
 
 import numpy as np
 import pytest
@@ -58,3 +60,12 @@ def client(ros, request):
     c = RosClient(f"client_{request.module.__name__}")
     yield c
     c.close()
+
+
+def png_claiming(width: int, height: int) -> bytes:
+    """A small PNG whose header claims width x height 8-bit grey (its pixel data is far too short)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b"")

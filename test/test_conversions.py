@@ -5,10 +5,14 @@ import sys
 import cv2
 import numpy as np
 import pytest
+from PIL import Image as PILImage
 from sensor_msgs.msg import CompressedImage, Image
 
-from clipseg_ros.conversions import (ImageConversionError, compressed_imgmsg_to_cv2, compressed_imgmsg_to_rgb8,
-                                     cv2_to_compressed_imgmsg, cv2_to_imgmsg, imgmsg_to_cv2, imgmsg_to_rgb8)
+from clipseg_ros import conversions
+from conftest import png_claiming
+from clipseg_ros.conversions import (ImageConversionError, compressed_image_size, compressed_imgmsg_to_cv2,
+                                     compressed_imgmsg_to_rgb8, cv2_to_compressed_imgmsg, cv2_to_imgmsg,
+                                     imgmsg_to_cv2, imgmsg_to_rgb8, read_rgb8)
 
 
 def raw_msg(arr, encoding, pad=0, bigendian=False):
@@ -154,3 +158,91 @@ def test_compressed_png16_kept():
 def test_bad_compressed(msg, match):
     with pytest.raises(ImageConversionError, match=match):
         compressed_imgmsg_to_cv2(msg)
+
+
+# ---------------------------------------------------------------------------- size before decoding
+def test_a_compressed_image_over_the_limit_is_refused_from_its_header(monkeypatch):
+    # Review defect 5: a small PNG/JPEG that decodes to 30000x30000 was decoded (900 MB) before
+    # the size limit applied.
+    msg = CompressedImage(format="png", data=png_claiming(30000, 30000))
+    monkeypatch.setattr(conversions.cv2, "imdecode", lambda *a: pytest.fail("decoded before the size check"))
+    with pytest.raises(ImageConversionError, match="far too large to read"):  # PIL's own limit, by default
+        read_rgb8(msg, max_pixels=4096 * 4096)
+    monkeypatch.setattr(PILImage, "MAX_IMAGE_PIXELS", None)  # as the node process sets it
+    assert len(msg.data) < 200 and compressed_image_size(msg) == (30000, 30000)
+    with pytest.raises(ImageConversionError, match="30000x30000 has 900000000 pixels, over max_image_pixels=16777216"):
+        read_rgb8(msg, max_pixels=4096 * 4096)
+    for fmt in ("jpg", "bmp", "tiff", "webp", "ppm", "ras"):  # every header OpenCV writes is read
+        enc = cv2_to_compressed_imgmsg(np.zeros((7, 9, 3), np.uint8), fmt)
+        assert compressed_image_size(enc) == (9, 7), fmt
+    with pytest.raises(ImageConversionError, match="could not read the image size from the header"):
+        compressed_image_size(CompressedImage(format="jpeg", data=b"\xff\xd8 not a jpeg" * 5))
+
+
+def test_a_raw_image_over_the_limit_is_refused_before_conversion(monkeypatch):
+    msg = raw_msg(np.zeros((40, 50), np.uint8), "mono8")
+    monkeypatch.setattr(conversions, "imgmsg_to_rgb8", lambda m: pytest.fail("converted before the size check"))
+    with pytest.raises(ImageConversionError, match="50x40 has 2000 pixels, over max_image_pixels=1999"):
+        read_rgb8(msg, max_pixels=1999)
+
+
+# ---------------------------------------------------------------------------- cv_bridge parity
+CV_BRIDGE_FORMATS = ["jpg", "jpeg", "jpe", "png", "bmp", "dib", "sr", "ras", "tif", "tiff", "webp"]
+
+
+@pytest.mark.parametrize("fmt", CV_BRIDGE_FORMATS)
+@pytest.mark.parametrize("channels", [None, 3])
+def test_compressed_round_trip_in_every_format_opencv_writes(fmt, channels):
+    # cv_bridge's test_encode_decode_cv2_compressed: dtype, shape and size survive the round trip.
+    shape = (30, 40) if channels is None else (30, 40, channels)
+    original = RNG.integers(0, 255, shape, dtype=np.uint8)
+    msg = cv2_to_compressed_imgmsg(original, fmt)
+    decoded = compressed_imgmsg_to_cv2(msg)
+    if fmt == "webp" and channels is None:  # OpenCV's WebP codec stores grey as colour
+        decoded = cv2.cvtColor(decoded, cv2.COLOR_BGR2GRAY)
+    assert decoded.dtype == original.dtype and decoded.shape == original.shape
+    # Lossless formats give the pixels back (grey Sun raster excepted: OpenCV 5.0 reads what it
+    # wrote as zeros; cv_bridge's own test checks only dtype and shape).
+    if fmt in ("png", "bmp", "dib", "tif", "tiff") or (fmt in ("sr", "ras") and channels == 3):
+        assert np.array_equal(decoded, original)
+    assert compressed_imgmsg_to_rgb8(msg).shape == (30, 40, 3)
+
+
+@pytest.mark.parametrize("fmt, shape", [("pbm", (30, 40)), ("pgm", (30, 40)), ("ppm", (30, 40, 3))])
+def test_portable_anymap_formats(fmt, shape):
+    original = (RNG.integers(0, 2, shape, dtype=np.uint8) * 255) if fmt == "pbm" else \
+        RNG.integers(0, 255, shape, dtype=np.uint8)
+    decoded = compressed_imgmsg_to_cv2(cv2_to_compressed_imgmsg(original, fmt))
+    assert decoded.shape == original.shape and np.array_equal(decoded, original)
+
+
+def test_a_format_opencv_cannot_write_is_refused_with_a_reason():
+    with pytest.raises(ImageConversionError, match="could not encode"):
+        cv2_to_compressed_imgmsg(np.zeros((4, 4, 3), np.uint8), "pbm")  # pbm is 1-channel only
+
+
+def test_big_endian_array_makes_a_big_endian_message_that_reads_back_equal():
+    # cv_bridge's test_endianness.
+    img = RNG.integers(0, 255, size=(30, 40)).astype(np.dtype("int32").newbyteorder(">"))
+    msg = cv2_to_imgmsg(img)
+    assert msg.is_bigendian and msg.encoding == "32SC1" and msg.step == 160
+    assert bytes(msg.data) == img.tobytes()  # big-endian bytes as given
+    back = imgmsg_to_cv2(msg)
+    assert back.dtype == np.int32 and np.array_equal(back, img)
+
+
+def test_32sc2_in_the_opposite_byte_order_reads_correctly():
+    # cv_bridge's test_endian.cpp: 1 and 2 written in the byte order opposite to this machine's.
+    opposite = ">" if sys.byteorder == "little" else "<"
+    data = np.array([1, 2], dtype=np.dtype("int32").newbyteorder(opposite)).tobytes()
+    msg = Image(height=1, width=1, encoding="32SC2", step=8, is_bigendian=opposite == ">", data=data)
+    out = imgmsg_to_cv2(msg)
+    assert out.shape == (1, 1, 2) and out[0, 0].tolist() == [1, 2]
+
+
+def test_non_contiguous_slice_converts_with_its_own_step():
+    base = RNG.integers(0, 255, (20, 30, 3), dtype=np.uint8)
+    view = base[2:12:2, 5:25:3]  # strided both ways
+    msg = cv2_to_imgmsg(view, "rgb8")
+    assert (msg.height, msg.width, msg.step) == (5, 7, 21)
+    assert np.array_equal(imgmsg_to_cv2(msg), view)

@@ -127,7 +127,7 @@ def test_preprocessing_matches_hf_processor(tiny_engine, processor, rng, size):
     ref = processor(images=[img], return_tensors="pt", input_data_format="channels_last")["pixel_values"][0].numpy()
     mine = preprocess_image(img, tiny_engine.preprocess_cfg)
     assert mine.shape == ref.shape == (3, 352, 352)
-    assert np.abs(mine - ref).max() <= 1e-3
+    assert np.abs(mine - ref).max() < 1e-6  # README: matches the processor to < 1e-6
 
 
 @pytest.mark.parametrize("prompts", [PROMPTS3[:1], PROMPTS3])
@@ -273,3 +273,20 @@ def test_num_threads_knob(tiny_checkpoint):
         torch.set_num_threads(before)
     with pytest.raises(ValueError):
         SegmentationEngine.from_pretrained(str(tiny_checkpoint), device="cpu", num_threads=-1)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_logits_are_refused_not_turned_into_scores(tiny_engine, rng, monkeypatch, bad):
+    # Review defect 9: an fp16 overflow on a GPU gives NaN/inf logits, which became NaN scores.
+    from clipseg_ros.engine import NonFiniteLogitsError
+
+    real = tiny_engine.network.decode
+
+    def decode(activations, embeddings):
+        logits = real(activations, embeddings).clone()
+        logits[-1, 0, 5, 5] = bad  # one pixel of the last frame is enough
+        return logits
+
+    monkeypatch.setattr(tiny_engine.network, "decode", decode)
+    with pytest.raises(NonFiniteLogitsError, match="NaN/inf logits for 1 of 2 frame"):
+        tiny_engine.segment_batch([random_image(rng), random_image(rng)], tiny_engine.make_prompt_set(["cup"]))

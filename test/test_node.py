@@ -13,9 +13,7 @@ from sensor_msgs.msg import Image  # noqa: E402
 from std_msgs.msg import String  # noqa: E402
 
 from clipseg_ros.conversions import cv2_to_imgmsg, imgmsg_to_cv2  # noqa: E402
-from clipseg_ros.cameras import camera_name_from_topic  # noqa: E402
 from clipseg_ros.postprocess import mask_level  # noqa: E402
-from clipseg_ros.prompts import parse_prompt_text  # noqa: E402
 from clipseg_ros_interfaces.msg import Confidences, Segmentation  # noqa: E402
 from clipseg_ros_interfaces.srv import SetPrompts  # noqa: E402
 from ros_helpers import CameraPublisher, NodeProcess, assert_clean_exit, make_image, wait_for  # noqa: E402
@@ -34,17 +32,6 @@ def node(tiny_checkpoint, tmp_path_factory, ros):
 
 def seq_of(msg) -> int:
     return int(msg.header.frame_id.split(":")[1])
-
-
-def test_prompt_text_parsing():
-    assert parse_prompt_text(" cup; door handle\n\n;cup ;  ") == ["cup", "door handle"]
-    assert parse_prompt_text(";;\n") == []
-
-
-def test_camera_names():
-    assert camera_name_from_topic("/front/color/image_raw", 0) == "front_color"
-    assert camera_name_from_topic("/image", 1) == "camera1"
-    assert camera_name_from_topic("/left/image_raw/compressed", 0) == "left"
 
 
 def test_outputs_match_input(node, client):
@@ -170,7 +157,7 @@ def test_throttled_to_rate_and_always_newest_frame(node, client):
     cam = CameraPublisher(client, "/test_cam/image_raw")
     published_at: list[tuple[float, int]] = []
     received_at: list[tuple[float, int]] = []
-    client.node.create_subscription(
+    timing = client.node.create_subscription(
         Segmentation, f"/{NODE}/segmentation", lambda m: received_at.append((time.monotonic(), seq_of(m))), 10)
     try:
         cam.publish_until(segs, timeout=30, period=1 / 30)  # first output: discovery done
@@ -181,6 +168,7 @@ def test_throttled_to_rate_and_always_newest_frame(node, client):
             published_at.append((time.monotonic(), cam.seq - 1))
             time.sleep(1 / 30)
     finally:
+        client.node.destroy_subscription(timing)  # it reads numbered frames only
         assert client.set_params(NODE, rate=0.0)[0].successful
     n = len(received_at)
     assert 6 <= n <= 10, f"{n} outputs in 4 s at rate 2"
@@ -227,5 +215,104 @@ def test_two_cameras_one_compressed(tiny_checkpoint, tmp_path, client):
         assert (front[-1].masks[0].height, front[-1].masks[0].width) == (40, 60)
         assert (left[-1].masks[0].height, left[-1].masks[0].width) == (30, 50)
         assert list(left[-1].prompts) == ["cup"]
+    finally:
+        assert_clean_exit(proc, proc.stop())
+
+
+# ----------------------------------------------------------------------------- prompt rules (review defects)
+def segment_fixed_frame(client, segs, tag: str, expected_prompts):
+    """Publish one fixed frame (same pixels every time) until its result with ``expected_prompts``
+    arrives; that result's masks by prompt name."""
+    cam = CameraPublisher(client, "/test_cam/image_raw")
+    img = make_image(48, 64, 12345)
+    msg = cv2_to_imgmsg(img, "rgb8")
+    msg.header.frame_id = f"fixed:{tag}"
+
+    def step():
+        cam.pub.publish(msg)
+        time.sleep(0.05)
+        return [s for s in segs if s.header.frame_id == msg.header.frame_id and list(s.prompts) == expected_prompts]
+
+    seg = wait_for(step, 30, 0, f"result for {tag} with prompts {expected_prompts}")[-1]
+    return {p: imgmsg_to_cv2(m) for p, m in zip(seg.prompts, seg.masks)}
+
+
+def test_a_refused_request_keeps_every_stored_image_embedding(node, client):
+    segs = client.collect(Segmentation, f"/{NODE}/segmentation")
+    srv = client.node.create_client(SetPrompts, f"/{NODE}/set_prompts")
+    prompt_pub = client.node.create_publisher(String, f"/{NODE}/prompts", 10)
+    wait_for(lambda: prompt_pub.get_subscription_count() > 0, 30, what="prompt subscriber")
+    example_a = cv2_to_imgmsg(make_image(30, 30, 1), "rgb8")
+    example_b = cv2_to_imgmsg(make_image(30, 30, 2), "rgb8")
+    depth = cv2_to_imgmsg(np.ones((8, 8), np.float32), "32FC1")
+    try:
+        assert client.call(srv, SetPrompts.Request(prompts=["cup"], image_prompts=[example_a],
+                                                   image_prompt_names=["mug"])).success
+        with_a = segment_fixed_frame(client, segs, "a", ["cup", "mug"])["mug"]
+        # Review defect 1: the second image is unreadable, so the request is refused; its first
+        # image used to replace the stored "mug" embedding all the same.
+        bad = client.call(srv, SetPrompts.Request(prompts=["cup"], image_prompts=[example_b, depth],
+                                                  image_prompt_names=["mug", "depth"]))
+        assert not bad.success and "image prompt 'depth'" in bad.message and "not a camera image" in bad.message
+        assert list(bad.active_prompts) == ["cup", "mug"]
+        prompt_pub.publish(String(data="cup;door handle"))  # a text-only change keeps the images
+        after = segment_fixed_frame(client, segs, "after", ["cup", "door handle", "mug"])["mug"]
+        assert np.array_equal(after, with_a)
+        # Review defect 2: a text prompt may not take an image prompt's name (two masks, one name).
+        prompt_pub.publish(String(data="cup;mug"))
+        wait_for(lambda: "would be both a text prompt and an image prompt" in node.log(), 10, what="refusal")
+        assert client.get_param(NODE, "prompts") == ["cup", "door handle"]
+        clash = client.call(srv, SetPrompts.Request(prompts=["mug"], image_prompts=[example_b],
+                                                    image_prompt_names=["mug"]))
+        assert not clash.success and "both a text prompt and an image prompt" in clash.message
+        # The refused image really is a different prompt: accepted, it changes the mask.
+        assert client.call(srv, SetPrompts.Request(prompts=["cup"], image_prompts=[example_b],
+                                                   image_prompt_names=["mug"])).success
+        with_b = segment_fixed_frame(client, segs, "b", ["cup", "mug"])["mug"]
+        assert not np.array_equal(with_b, with_a)
+    finally:
+        assert client.call(srv, SetPrompts.Request(prompts=["cup", "door handle"])).success
+
+
+def test_more_image_prompts_than_any_cache_held(node, client):
+    # Review defect 3: an image cache of 64 under max_prompts up to 255 refused the 65th image
+    # with "not known: send its image first".
+    segs = client.collect(Segmentation, f"/{NODE}/segmentation")
+    srv = client.node.create_client(SetPrompts, f"/{NODE}/set_prompts")
+    names = [f"example {k}" for k in range(70)]
+    images = [cv2_to_imgmsg(make_image(8, 8, 100 + k), "rgb8") for k in range(70)]
+    assert client.set_params(NODE, max_prompts=100)[0].successful
+    try:
+        reply = client.call(srv, SetPrompts.Request(image_prompts=images, image_prompt_names=names), timeout=60)
+        assert reply.success, reply.message
+        assert list(reply.active_prompts) == names
+        cam = CameraPublisher(client, "/test_cam/image_raw")
+
+        def all_seventy():
+            cam.publish()
+            time.sleep(0.05)
+            return segs and list(segs[-1].prompts) == names
+
+        wait_for(all_seventy, 30, 0, "70 image prompts in the output")
+        assert len(segs[-1].masks) == 70
+    finally:
+        assert client.call(srv, SetPrompts.Request(prompts=["cup", "door handle"])).success
+        assert client.set_params(NODE, max_prompts=32)[0].successful
+
+
+def test_compressed_input_through_a_remap_as_the_launch_file_does(tiny_checkpoint, tmp_path, client):
+    # Review defect 10: `ros2 launch ... image:=/cam/image_raw/compressed` remaps the default
+    # topic "image"; the node decided on the parameter ("image"), subscribed with Image, and the
+    # CompressedImage stream never matched.
+    name = "clipseg_remapped"
+    proc = NodeProcess(name, {"model": str(tiny_checkpoint), "prompts": ["cup"], "rate": 0.0}, tmp_path,
+                       remaps={"image": "/remap_cam/image_raw/compressed"})
+    proc.wait_ready()
+    try:
+        assert "/remap_cam/image_raw/compressed (compressed)" in proc.log()
+        segs = client.collect(Segmentation, f"/{name}/segmentation")
+        cam = CameraPublisher(client, "/remap_cam/image_raw/compressed", h=30, w=40, compressed=True)
+        out = cam.publish_until(segs, 1, timeout=40)[-1]
+        assert list(out.prompts) == ["cup"] and (out.masks[0].height, out.masks[0].width) == (30, 40)
     finally:
         assert_clean_exit(proc, proc.stop())

@@ -16,6 +16,7 @@ from clipseg_ros.conversions import cv2_to_imgmsg  # noqa: E402
 from clipseg_ros_interfaces.msg import Segmentation  # noqa: E402
 from clipseg_ros_interfaces.srv import SetPrompts  # noqa: E402
 from ros_helpers import CameraPublisher, NodeProcess, assert_clean_exit, make_image, wait_for  # noqa: E402
+from conftest import png_claiming  # noqa: E402
 
 NODE = "clipseg_rb"
 PROMPTS = ["cup", "door handle"]
@@ -92,6 +93,9 @@ BAD_COMPRESSED = {
                       "could not read the image size from the header"),
     "empty data": (lambda: compressed_msg("png", b""), "compressed image has no data"),
     "unknown format": (lambda: compressed_msg("webp2", b"\x00" * 50), "unsupported compressed format 'webp2'"),
+    # review defect 5: refused from the header, before decoding 900 MB
+    "decodes to 30000x30000": (lambda: compressed_msg("png", png_claiming(30000, 30000)),
+                               "30000x30000 has 900000000 pixels, over max_image_pixels=16777216"),
 }
 
 
@@ -231,6 +235,14 @@ def test_too_many_prompts_are_refused_with_the_cap(node, client, cams, outputs, 
 def test_empty_prompt_in_service_request_is_refused(node, client, cams, outputs, set_prompts):
     reply = set_prompts(prompts=["cup", "  "])
     assert not reply.success and "prompt 1 is empty" in reply.message
+    assert list(reply.active_prompts) == PROMPTS
+    still_segments(cams, outputs, "raw")
+
+
+def test_prompt_image_over_the_size_limit_is_refused_before_conversion(node, client, cams, outputs, set_prompts):
+    big = raw_msg("mono8", 3400, 5000, 5000, 3400 * 5000)  # 17 M pixels, over the 16.8 M default
+    reply = set_prompts(prompts=["cup"], image_prompts=[big], image_prompt_names=["big"])
+    assert not reply.success and "5000x3400 has 17000000 pixels, over max_image_pixels" in reply.message
     assert list(reply.active_prompts) == PROMPTS
     still_segments(cams, outputs, "raw")
 
