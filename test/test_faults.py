@@ -334,7 +334,7 @@ def test_embedding_an_example_image_does_not_hold_up_the_node(live_node, client)
 
     def slow_embed_image(image, color_order="rgb"):
         started.set()
-        release.wait(30)
+        release.wait(60)  # longer than any call below may take
         return real(image, color_order)
 
     node.engine.embed_image = slow_embed_image
@@ -344,12 +344,11 @@ def test_embedding_an_example_image_does_not_hold_up_the_node(live_node, client)
     future = srv.call_async(SetPrompts.Request(prompts=["cup"], image_prompts=[example], image_prompt_names=["mug"]))
     try:
         wait_for(started.is_set, 10, what="the example image to be embedded")
-        since = time.monotonic()
-        assert client.get_param("clipseg_inproc", "threshold") == pytest.approx(0.4)
+        assert client.get_param("clipseg_inproc", "threshold") == pytest.approx(0.4)  # fails after 30 s if blocked
         assert client.set_params("clipseg_inproc", rate=0.0)[0].successful
         wait_status(diags, "clipseg_inproc: model", lambda s: True, 10, "diagnostics meanwhile")
         assert list(cam.publish_until(segs, 1)[-1].prompts) == ["cup", "door handle"]  # frames go on
-        assert time.monotonic() - since < 25 and not future.done()
+        assert not future.done()
     finally:
         release.set()
     wait_for(future.done, 30, what="the set_prompts reply")
