@@ -9,8 +9,9 @@ Builds a randomly initialised CLIPSeg with the exact CIDAS/clipseg-rd64-refined 
   (b) engine:   SegmentationEngine.segment(image, prompt_set) (prompt embeddings cached, as in the
       node; includes post-processing to 640x480 masks, label and stats)
 
-Also: the engine's stage breakdown, the cost of embedding a new prompt set, the machine's
-sustained fp32 matmul GFLOP/s and the vision pass's FLOP count (how close it is to the floor).
+Also: the engine's stage breakdown, the cost of embedding a new prompt set, and the vision pass's
+FLOP count with the rate it ran at (GFLOP/s achieved; no "floor" is claimed: a floor would need
+every GEMM shape of the pass timed alone at the same thread count).
 
     python benchmarks/bench_engine.py            # full-size model (~2 min on 2 cores)
     python benchmarks/bench_engine.py --quick    # tiny model, seconds (CI runs this)
@@ -28,7 +29,7 @@ import tempfile
 import time
 
 import numpy as np
-from results_file import write_results
+from results_file import cpu_name, write_results
 import torch
 
 
@@ -43,25 +44,11 @@ def median_ms(fn, repeats: int, warmup: int = 1) -> float:
     return statistics.median(times)
 
 
-def matmul_gflops(seconds: float = 2.0) -> float:
-    """Sustained fp32 GFLOP/s on the vision encoder's MLP shape (485 x 768 @ 768 x 3072)."""
-    a = torch.randn(485, 768)
-    b = torch.randn(768, 3072)
-    flop = 2 * 485 * 768 * 3072
-    for _ in range(5):
-        a @ b
-    n, t0 = 0, time.perf_counter()
-    while time.perf_counter() - t0 < seconds:
-        a @ b
-        n += 1
-    return n * flop / (time.perf_counter() - t0) / 1e9
-
-
 def vision_flop(engine, pixels: torch.Tensor) -> float:
     from torch.utils.flop_counter import FlopCounterMode
 
     with FlopCounterMode(display=False) as counter:
-        engine.encode_pixels(pixels)
+        engine.network.encode_pixels(pixels)
     return float(counter.get_total_flops())
 
 
@@ -155,18 +142,16 @@ def main(argv=None) -> int:
 
     stages["text_embed_uncached"] = round(median_ms(new_prompts, repeats), 2)
 
-    gflops = matmul_gflops(1.0 if args.quick else 3.0)
     flop = vision_flop(engine, engine.preprocess([image]))
-    floor_ms = flop / (gflops * 1e9) * 1e3
     result = {
         "model": "random tiny" if (args.quick and args.model is None) else (args.model or "random rd64-refined"),
         "device": str(engine.device), "dtype": str(engine.dtype).replace("torch.", ""),
         "threads": torch.get_num_threads(), "image": [image.shape[1], image.shape[0]],
         "machine": f"{platform.machine()} {os.cpu_count()} cpus",
         "torch": torch.__version__, "transformers": __import__("transformers").__version__,
-        "rows": rows, "stages_ms": stages, "matmul_gflops": round(gflops, 1),
-        "vision_gflop": round(flop / 1e9, 2), "vision_floor_ms": round(floor_ms, 1),
-        "vision_floor_ratio": round(stages["vision"] / floor_ms, 2),
+        "cpu": cpu_name(), "rows": rows, "stages_ms": stages,
+        "vision_gflop": round(flop / 1e9, 2),
+        "vision_gflops_achieved": round(flop / 1e9 / (stages["vision"] / 1e3), 1),
     }
 
     print()
@@ -180,8 +165,8 @@ def main(argv=None) -> int:
     print()
     print("engine stages (ms, N = {prompts}): ".format(**stages)
           + ", ".join(f"{k} {v}" for k, v in stages.items() if k != "prompts"))
-    print(f"matmul {gflops:.1f} GFLOP/s; vision pass {flop / 1e9:.1f} GFLOP -> floor {floor_ms:.1f} ms; "
-          f"measured {stages['vision']:.1f} ms = {result['vision_floor_ratio']:.2f}x the floor")
+    print(f"vision pass {flop / 1e9:.1f} GFLOP in {stages['vision']:.1f} ms = "
+          f"{result['vision_gflops_achieved']} GFLOP/s")
     write_results(args.json, result)
     if tmp is not None:
         tmp.cleanup()

@@ -28,7 +28,7 @@ import tempfile
 import time
 
 import numpy as np
-from results_file import write_results
+from results_file import cpu_name, write_results
 
 from clipseg_ros.spinner import BackgroundSpinner
 
@@ -100,10 +100,12 @@ def latency(model: str, prompts: int, seconds: float, camera_hz: float) -> dict:
     env = dict(os.environ, ROS_DOMAIN_ID=domain, FASTDDS_BUILTIN_TRANSPORTS="LARGE_DATA", PYTHONUNBUFFERED="1")
     os.environ.update(ROS_DOMAIN_ID=domain, FASTDDS_BUILTIN_TRANSPORTS="LARGE_DATA")
     names = ", ".join(f"'thing {k}'" for k in range(prompts))
+    # The node's log goes to a file: a pipe nobody reads would block the node once it is full.
+    node_log = tempfile.NamedTemporaryFile("w", prefix="clipseg_bench_node_", suffix=".log", delete=False)
     node = subprocess.Popen([sys.executable, "-m", "clipseg_ros", "--ros-args", "-r", "__node:=clipseg",
                              "-p", f"model:={model}", "-p", f"prompts:=[{names}]", "-p", "rate:=0.0",
                              "-p", "image_topics:=[/bench/image]", "-p", "device:=cpu"],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            env=env, stdout=node_log, stderr=subprocess.STDOUT)
     import rclpy
     from clipseg_ros_interfaces.msg import Segmentation
     from rclpy.node import Node
@@ -130,7 +132,7 @@ def latency(model: str, prompts: int, seconds: float, camera_hz: float) -> dict:
         deadline = time.monotonic() + 120
         while not arrivals:  # wait for the model to load and discovery to finish
             if node.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"node did not produce output:\n{node.stdout.read() if node.stdout else ''}")
+                raise SystemExit(f"node did not produce output within 120 s; its log: {node_log.name}")
             msg.header.stamp = cam.get_clock().now().to_msg()
             pub.publish(msg)
             time.sleep(1 / camera_hz)
@@ -185,7 +187,7 @@ def main(argv=None) -> int:
     repeats = 3 if args.quick else 5
     rows = overhead(model, args.prompts, repeats)
     lat = latency(model, args.prompts, args.seconds or (5.0 if args.quick else 60.0), 30.0)
-    result = {"model": "random tiny" if args.quick else (args.model or "random rd64-refined"),
+    result = {"model": "random tiny" if args.quick else (args.model or "random rd64-refined"), "cpu": cpu_name(),
               "overhead": rows, "latency": lat}
     print()
     print("| input | prompts | model (ms) | node overhead (ms) | overhead / model | convert | post | fill | publish |")
