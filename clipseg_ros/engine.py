@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from clipseg_ros import postprocess
-from clipseg_ros.device import (OUT_OF_MEMORY_ERRORS, release_cache, resolve_device, resolve_dtype,
+from clipseg_ros.device import (OUT_OF_MEMORY_ERRORS, dtype_name, release_cache, resolve_device, resolve_dtype,
                                 set_num_threads, synchronize)
 from clipseg_ros.network import ClipSegNetwork
 from clipseg_ros.postprocess import SegmentationResult
@@ -288,8 +288,7 @@ class SegmentationEngine:
         bad = [k for k in range(out.logits.shape[0]) if not bool(torch.isfinite(out.logits[k]).all())]
         if bad:
             raise NonFiniteLogitsError(f"the model produced NaN/inf logits for {len(bad)} of {len(images)} "
-                                       f"frame(s) (dtype {str(self.dtype).replace('torch.', '')}; float32 "
-                                       "avoids overflow)")
+                                       f"frame(s) (dtype {dtype_name(self.dtype)}; float32 avoids overflow)")
         t2 = time.perf_counter()
         results = [postprocess.postprocess_logits(out.logits[k], prompts.names, size, threshold=threshold,
                                                   output_size=None if output_size == "input" else out.logits.shape[-2:])

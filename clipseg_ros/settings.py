@@ -101,11 +101,7 @@ class NodeSettings:
     @classmethod
     def from_values(cls, values: Mapping[str, object]) -> "NodeSettings":
         """Settings from parameter values (extra names ignored); ValueError naming every problem."""
-        kwargs = {}
-        for f in fields(cls):
-            value = values[f.name]
-            kwargs[f.name] = tuple(value or ()) if f.type == "tuple[str, ...]" else value
-        settings = cls(**kwargs)
+        settings = cls(**{f.name: _frozen(values[f.name]) for f in fields(cls)})
         problems = settings.problems()
         if problems:
             raise ValueError("invalid parameters: " + "; ".join(problems))
@@ -115,7 +111,7 @@ class NodeSettings:
         """A copy with ``values`` changed (names that are not settings are ignored); ValueError
         with the reason when a value is refused."""
         names = {f.name for f in fields(self)}
-        changed = {k: (tuple(v) if isinstance(v, (list, tuple)) else v) for k, v in values.items() if k in names}
+        changed = {k: _frozen(v) for k, v in values.items() if k in names}
         candidate = replace(self, **changed)
         problems = candidate.problems(only=changed)
         if problems:
@@ -148,6 +144,11 @@ class NodeSettings:
     def output_options(self) -> OutputOptions:
         return OutputOptions(include_masks=self.publish_masks, label=self.publish_label,
                              overlay=self.publish_overlay, overlay_alpha=self.overlay_alpha)
+
+
+def _frozen(value):
+    """Parameter arrays as tuples, so settings stay immutable."""
+    return tuple(value) if isinstance(value, (list, tuple)) else value
 
 
 def _one_of(name: str, value: str, allowed: tuple[str, ...]) -> None:
