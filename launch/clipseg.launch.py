@@ -13,7 +13,7 @@ from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
 ARGUMENTS = {
-    "image": ("image", "camera topic remapped onto the node's 'image' input"),
+    "image": ("image", "camera topic remapped onto the node's 'image' input (ending in /compressed: CompressedImage)"),
     "prompts": ("", "text prompts separated by ';' (empty: from params_file)"),
     "model": ("CIDAS/clipseg-rd64-refined", "hub id or local checkpoint directory"),
     "device": ("auto", "auto | cpu | cuda | cuda:<index>"),
