@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from results_file import write_results
+from results_file import cpu_name, write_results
 
 NODE = "clipseg_soak"
 CAMERAS = {"front": ("/soak/front/image_raw", 30.0), "rear": ("/soak/rear/image_raw", 15.0)}
@@ -273,8 +273,13 @@ def main(argv=None) -> int:
         result = analyse(soak, start, seconds, min(args.window, seconds))
         result["exit_s"] = round(exit_s, 2) if exit_s is not None else None
         result["model"] = "random tiny" if args.tiny else (args.model or "random rd64-refined")
+        result["cpu"] = cpu_name()
         log = (Path(tmp) / "node.log").read_text()
         result["node_log_errors"] = [line for line in log.splitlines() if "[ERROR]" in line or "Traceback" in line]
+        if result["node_log_errors"]:  # keep the whole log for whoever reads the errors
+            kept = Path(args.json).with_suffix(".node.log") if args.json else Path("soak_node.log")
+            kept.write_text(log)
+            result["node_log"] = str(kept)
     print_report(result)
     write_results(args.json, result)
     return 0

@@ -6,15 +6,15 @@ import threading
 
 
 class BackgroundSpinner:
-    """Runs ``spin_once`` on its own executor until :meth:`stop`; stop joins the thread before
-    the executor is shut down, so no callback races a destroyed handle."""
+    """Runs ``spin_once`` on its own executor (in the nodes' context) until :meth:`stop` or the
+    context shuts down; stop joins the thread before the executor is shut down, so no callback
+    races a destroyed handle (unless its ``timeout`` runs out first: then the thread is left to
+    end by itself, quietly)."""
 
     def __init__(self, *nodes, name: str = "ros_spinner"):
-        import rclpy
         from rclpy.executors import SingleThreadedExecutor
 
-        self._rclpy = rclpy
-        self.executor = SingleThreadedExecutor()
+        self.executor = SingleThreadedExecutor(context=nodes[0].context)  # the nodes' own context
         for node in nodes:
             self.executor.add_node(node)
         self._running = True
@@ -25,10 +25,17 @@ class BackgroundSpinner:
         from rclpy.executors import ExternalShutdownException
 
         try:
-            while self._running and self._rclpy.ok():
+            while self._running and self.executor.context.ok():
                 self.executor.spin_once(timeout_sec=0.5)  # stop() wakes it at once
         except ExternalShutdownException:  # Ctrl-C: the context is shutting down
             pass
+        except Exception:  # noqa: BLE001 - decided below
+            # Ctrl-C can shut the context down between the loop's check and the next wait
+            # ("failed to initialize wait set: the given context is not valid"), and a stop()
+            # that gave up waiting tears the executor down under this thread: either way,
+            # spinning is over. Anything else is a real failure and is raised.
+            if self._running and self.executor.context.ok():
+                raise
 
     def stop(self, timeout: float = 5.0) -> None:
         """Stop spinning; a callback still running after ``timeout`` s is abandoned (the thread
