@@ -10,9 +10,9 @@ Threads: the executor that spins the node only stores the newest message of each
 handles parameters, lifecycle, diagnostics and the ``~/prompts`` topic. Embedding an example image
 (a full vision pass) for ``~/prompt_image`` and ``~/set_prompts`` runs on a thread of its own (a
 hidden helper node with its own executor, serving those two names), so the rest stays answered
-meanwhile whatever executor spins the node; rclpy's MultiThreadedExecutor would do the same but
-costs so much per callback that a 45 Hz camera load starved it here. One worker thread runs the
-throttled inference loop.
+meanwhile whatever executor spins the node. (rclpy's MultiThreadedExecutor would separate them
+too, but under the short soak's two cameras at 45 Hz its output fell from 5 to 1-2.6 Hz per
+window.) One worker thread runs the throttled inference loop.
 """
 
 from __future__ import annotations
