@@ -293,11 +293,6 @@ def check_image_size(msg: Image | CompressedImage, max_pixels: int) -> None:
                                    f"max_image_pixels={max_pixels}")
 
 
-def compressed_imgmsg_to_rgb8(msg: CompressedImage) -> np.ndarray:
-    """Decoded compressed image as (H, W, 3) RGB uint8, for the model."""
-    return compressed_imgmsg_to_cv2(msg, "rgb8")
-
-
 def cv2_to_compressed_imgmsg(arr: np.ndarray, dst_format: str = "jpg", header=None) -> CompressedImage:
     """Encode a BGR/mono numpy image in any format OpenCV writes (jpg, png, bmp, tiff, webp,
     pbm/pgm/ppm, sr/ras, ...) into a new CompressedImage."""

@@ -360,7 +360,7 @@ class ClipSegNode(LifecycleNode):
         for frame in batch:
             cam, msg = cameras[frame.camera], frame.message
             try:
-                rgb = read_rgb8(msg, settings.max_image_pixels)
+                rgb = read_rgb8(msg)  # its size was checked on arrival
             except ImageConversionError as exc:
                 self._refuse_frame(cam, time.monotonic(), str(exc))
                 continue

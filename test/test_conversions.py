@@ -9,10 +9,10 @@ from PIL import Image as PILImage
 from sensor_msgs.msg import CompressedImage, Image
 
 from clipseg_ros import conversions
-from conftest import png_claiming
 from clipseg_ros.conversions import (ImageConversionError, compressed_image_size, compressed_imgmsg_to_cv2,
-                                     compressed_imgmsg_to_rgb8, cv2_to_compressed_imgmsg, cv2_to_imgmsg,
-                                     imgmsg_to_cv2, imgmsg_to_rgb8, read_rgb8)
+                                     cv2_to_compressed_imgmsg, cv2_to_imgmsg, imgmsg_to_cv2, imgmsg_to_rgb8,
+                                     read_rgb8)
+from conftest import png_claiming
 
 
 def raw_msg(arr, encoding, pad=0, bigendian=False):
@@ -139,7 +139,7 @@ def test_compressed_round_trip(fmt):
     out = compressed_imgmsg_to_cv2(msg)
     assert out.shape == smooth.shape
     assert np.abs(out.astype(int) - smooth).max() <= (0 if fmt == "png" else 40)
-    rgb = compressed_imgmsg_to_rgb8(msg)
+    rgb = read_rgb8(msg)
     assert np.array_equal(rgb, out[:, :, ::-1])
 
 
@@ -205,7 +205,7 @@ def test_compressed_round_trip_in_every_format_opencv_writes(fmt, channels):
     # wrote as zeros; cv_bridge's own test checks only dtype and shape).
     if fmt in ("png", "bmp", "dib", "tif", "tiff") or (fmt in ("sr", "ras") and channels == 3):
         assert np.array_equal(decoded, original)
-    assert compressed_imgmsg_to_rgb8(msg).shape == (30, 40, 3)
+    assert read_rgb8(msg).shape == (30, 40, 3)
 
 
 @pytest.mark.parametrize("fmt, shape", [("pbm", (30, 40)), ("pgm", (30, 40)), ("ppm", (30, 40, 3))])
