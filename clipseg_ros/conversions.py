@@ -209,6 +209,7 @@ def cv2_to_imgmsg(arr: np.ndarray, encoding: str = "passthrough", header=None) -
     dtype, want = encoding_layout(encoding)
     if native != dtype or want != channels:
         raise ImageConversionError(f"array {arr.dtype} x{channels} does not match encoding '{encoding}'")
+    # '>' / '<' as given; '=' (native) and '|' (bytes: order moot) follow this machine, as before.
     byteorder = arr.dtype.byteorder
     big_endian = byteorder == ">" or (byteorder in ("=", "|") and sys.byteorder == "big")
     msg = Image()
@@ -216,7 +217,7 @@ def cv2_to_imgmsg(arr: np.ndarray, encoding: str = "passthrough", header=None) -
         msg.header = header
     msg.height, msg.width = int(arr.shape[0]), int(arr.shape[1])
     msg.encoding = encoding
-    msg.is_bigendian = big_endian if arr.dtype.itemsize > 1 else sys.byteorder == "big"
+    msg.is_bigendian = big_endian
     msg.step = int(arr.shape[1] * channels * arr.dtype.itemsize)
     msg.data.frombytes(memoryview(arr).cast("B"))  # one copy; never assign an ndarray
     return msg
