@@ -264,7 +264,9 @@ class SegmentationEngine:
     def segment_batch(self, images: Sequence[np.ndarray], prompts: PromptSet, *, threshold: float = 0.4,
                       output_size: str = "input", color_order: str = "rgb") -> list[SegmentationResult]:
         """Segment B images (e.g. one per camera, any sizes) with one vision pass and one
-        decoder batch. An empty prompt set returns valid empty results without a model call.
+        decoder batch. ``threshold`` is the default for prompts without their own (see
+        :attr:`PromptSet.thresholds`). An empty prompt set returns valid empty results without a
+        model call.
         Raises NonFiniteLogitsError when the model's output holds NaN or inf."""
         if output_size not in ("input", "model"):
             raise ValueError(f"output_size must be 'input' or 'model', not {output_size!r}")
@@ -290,7 +292,9 @@ class SegmentationEngine:
             raise NonFiniteLogitsError(f"the model produced NaN/inf logits for {len(bad)} of {len(images)} "
                                        f"frame(s) (dtype {dtype_name(self.dtype)}; float32 avoids overflow)")
         t2 = time.perf_counter()
+        thresholds = prompts.thresholds_or(threshold)
         results = [postprocess.postprocess_logits(out.logits[k], prompts.names, size, threshold=threshold,
+                                                  thresholds=thresholds,
                                                   output_size=None if output_size == "input" else out.logits.shape[-2:])
                    for k, size in enumerate(out.sizes)]
         t3 = time.perf_counter()

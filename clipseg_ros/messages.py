@@ -62,7 +62,7 @@ def prompt_confidence(stats: PromptStats) -> PromptConfidence:
         prompt=stats.prompt, max_score=float(stats.max_score), mean_score=float(stats.mean_score),
         area_fraction=float(stats.area_fraction), detected=bool(stats.detected),
         bbox=RegionOfInterest(x_offset=int(x), y_offset=int(y), width=int(w), height=int(h), do_rectify=False),
-        centroid_x=float(stats.centroid[0]), centroid_y=float(stats.centroid[1]))
+        centroid_x=float(stats.centroid[0]), centroid_y=float(stats.centroid[1]), threshold=float(stats.threshold))
 
 
 def segmentation_msg(result: SegmentationResult, header, *, include_masks: bool = True,
@@ -98,4 +98,5 @@ def confidence_record(conf: PromptConfidence, digits: int = 4) -> dict:
             "mean_score": round(conf.mean_score, digits), "area_fraction": round(conf.area_fraction, digits),
             "detected": bool(conf.detected),
             "bbox": [conf.bbox.x_offset, conf.bbox.y_offset, conf.bbox.width, conf.bbox.height],
-            "centroid": [coord(conf.centroid_x), coord(conf.centroid_y)]}
+            "centroid": [coord(conf.centroid_x), coord(conf.centroid_y)],
+            "threshold": round(conf.threshold, digits)}

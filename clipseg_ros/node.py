@@ -7,9 +7,10 @@ inference thread (:mod:`cameras`), publishers (:mod:`outputs`), health (:mod:`di
 the process (:mod:`process`).
 
 Threads: the executor that spins the node only stores the newest message of each camera and
-handles parameters, lifecycle, diagnostics and the ``~/prompts`` topic. Embedding an example image
-(a full vision pass) for ``~/prompt_image`` and ``~/set_prompts`` runs on a thread of its own (a
-hidden helper node with its own executor, serving those two names), so the rest stays answered
+handles parameters, lifecycle, diagnostics, ``~/prompts`` and ``~/set_thresholds``. Embedding an
+example image (a full vision pass) for ``~/prompt_image``, ``~/set_prompts``, ``~/teach`` and
+``~/teach_region`` runs on a thread of its own (a hidden helper node with its own executor,
+serving those names), so the rest stays answered
 meanwhile whatever executor spins the node. (rclpy's MultiThreadedExecutor would separate them
 too, but under the short soak's two cameras at 45 Hz its output fell from 5 to 1-2.6 Hz per
 window.) One worker thread runs the throttled inference loop.
@@ -23,6 +24,7 @@ import time
 from dataclasses import dataclass
 
 from diagnostic_msgs.msg import DiagnosticArray
+from geometry_msgs.msg import PolygonStamped
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.node import Node
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
@@ -31,7 +33,7 @@ from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import String
 
-from clipseg_ros_interfaces.srv import SetPrompts
+from clipseg_ros_interfaces.srv import SetPrompts, SetThresholds, Teach
 
 from clipseg_ros import diagnostics
 from clipseg_ros.cameras import CameraSpec, Frame, FrameSlots, FrameWorker, camera_specs
@@ -41,9 +43,14 @@ from clipseg_ros.device import (OUT_OF_MEMORY_ERRORS, check_device_name, dtype_n
 from clipseg_ros.engine import ModelLoadError, SegmentationEngine
 from clipseg_ros.messages import build_outputs
 from clipseg_ros.outputs import OutputPublishers, PublishGate
+from clipseg_ros.prompt_requests import (ExampleRequest, alpha_mask, box_from_roi, example_request,
+                                         examples_from_set_prompts, mask_from_msg, prompt_image_msg,
+                                         read_prompt_image, region_from_polygon, thresholds_from_request)
+from clipseg_ros.prompt_store import PromptStore, StoreCorrupt, StoreError
 from clipseg_ros.prompts import (ImagePrompt, PromptBook, PromptChange, PromptError, PromptState,
-                                 image_names_from_request, texts_from_parameter, texts_from_request,
-                                 texts_from_topic, tidy_texts)
+                                 image_names_from_request, stored_prompts, texts_from_parameter,
+                                 texts_from_request, texts_from_topic, thresholds_from_parameter,
+                                 thresholds_to_parameter, tidy_texts)
 from clipseg_ros.settings import NodeSettings, parameter_specs
 from clipseg_ros.spinner import BackgroundSpinner
 from clipseg_ros.throttled_log import ThrottledLog, problem_kind
@@ -64,6 +71,7 @@ class Camera:
     spec: CameraSpec
     stats: diagnostics.StreamStats
     publishers: OutputPublishers
+    latest: object = None  # the newest frame that passed the arrival checks (for ~/teach)
 
 
 class ClipSegNode(LifecycleNode):
@@ -89,11 +97,15 @@ class ClipSegNode(LifecycleNode):
         # Prompts given at start are tidied (trimmed, duplicates dropped) and the parameter shows
         # the result; they are checked now and embedded by configure.
         initial = tidy_texts(values["prompts"])
-        self.prompts = PromptBook(initial, template=values["prompt_template"], max_prompts=values["max_prompts"])
+        self.prompts = PromptBook(initial, template=values["prompt_template"], max_prompts=values["max_prompts"],
+                                  thresholds=thresholds_from_parameter(values["prompt_thresholds"]))
         if initial != values["prompts"]:
             self.set_parameters([Parameter("prompts", Parameter.Type.STRING_ARRAY, initial)])
-        self._prompt_lock = threading.RLock()  # a prompt commit and its parameter mirror, as one step
-        self._prompt_image_node: Node | None = None  # serves ~/prompt_image and ~/set_prompts
+        self._prompt_lock = threading.RLock()  # a prompt commit, its parameter mirror and its save, as one step
+        self._store = PromptStore(self.settings.prompt_store) if self.settings.prompt_store else None
+        self._store_failing = False  # warn once per run of failed saves
+        self._store_restored = False  # the store is read by the first configure only
+        self._prompt_image_node: Node | None = None  # serves the interfaces that embed example images
         self._prompt_image_spinner: BackgroundSpinner | None = None
         self.log = ThrottledLog(self.get_logger())
         self.engine: SegmentationEngine | None = None
@@ -102,6 +114,7 @@ class ClipSegNode(LifecycleNode):
         self._worker = FrameWorker(self._slots, self._process, rate=lambda: self.settings.rate,
                                    on_error=self._on_worker_error)
         self._prompt_topic = None  # ~/prompts subscription: created by configure, destroyed by cleanup
+        self._thresholds_service = None  # ~/set_thresholds: likewise
         self._load_error = ""
         self.frames_processed = 0
         self.add_on_set_parameters_callback(self._on_set_parameters)
@@ -125,17 +138,47 @@ class ClipSegNode(LifecycleNode):
         self.get_logger().info(f"loaded '{s.model}' on {engine.device} ({dtype_name(engine.dtype)})")
         try:
             with self._prompt_lock:
-                self._report_prompts(self.prompts.attach(engine))
+                state = self.prompts.attach(engine)
+                restored = self._restore_store()
+                self._after_commit(restored if restored is not None else state)
         except PromptError as exc:
             self.get_logger().error(f"initial prompts refused: {exc}")
+            self.prompts.detach()
             return TransitionCallbackReturn.FAILURE
         self.engine = engine
         specs = camera_specs(s.image_topics, s.camera_names, resolve=self.resolve_topic_name)
         self.cameras = [Camera(spec, diagnostics.StreamStats(spec.resolved_topic, time.monotonic()),
                                OutputPublishers(self, spec.prefix)) for spec in specs]
         self._prompt_topic = self.create_subscription(String, "~/prompts", self._on_prompts_topic, 10)
+        self._thresholds_service = self.create_service(SetThresholds, "~/set_thresholds", self._on_set_thresholds)
         self._start_prompt_image_interfaces()
         return TransitionCallbackReturn.SUCCESS
+
+    def _restore_store(self) -> PromptState | None:
+        """Make the prompt store's content active (it takes precedence over the prompt
+        parameters); None when there is no store or it holds nothing usable. A store that cannot
+        be read back, or whose prompts cannot be used, is moved aside with one warning."""
+        if self._store is None or self._store_restored:
+            return None  # after a cleanup the book kept what was active; the store holds the same
+        self._store_restored = True
+        try:
+            stored = self._store.load()
+            if stored is None:
+                self.get_logger().info(f"prompt store {self._store.directory}: empty, starting with the prompt "
+                                       "parameters")
+                return None
+            state = self.prompts.apply(self.prompts.restoring(stored))
+        except (StoreCorrupt, PromptError) as exc:
+            try:
+                aside = f"moved aside to {self._store.set_aside()}"
+            except StoreError as move_exc:
+                aside = f"left in place ({move_exc}); it will be overwritten by the next change"
+            self.get_logger().warning(f"prompt store {self._store.directory} not used: {exc}. It was {aside}; "
+                                      f"starting with the prompt parameters {list(self.prompts.state.names)}")
+            return None
+        self.get_logger().info(f"prompt store {self._store.directory}: restored {list(state.names)} (the store "
+                               "takes precedence over the prompt parameters)")
+        return state
 
     def _start_prompt_image_interfaces(self) -> None:
         """``~/prompt_image`` and ``~/set_prompts`` (they embed example images: seconds of work)
@@ -146,6 +189,8 @@ class ClipSegNode(LifecycleNode):
                       start_parameter_services=False, enable_rosout=False)
         helper.create_subscription(Image, self.resolve_topic_name("~/prompt_image"), self._on_prompt_image, 10)
         helper.create_service(SetPrompts, self.resolve_service_name("~/set_prompts"), self._on_set_prompts)
+        helper.create_service(Teach, self.resolve_service_name("~/teach"), self._on_teach)
+        helper.create_subscription(PolygonStamped, self.resolve_topic_name("~/teach_region"), self._on_teach_region, 10)
         self._prompt_image_node = helper
         self._prompt_image_spinner = BackgroundSpinner(helper, name="clipseg_prompt_images")
 
@@ -214,6 +259,9 @@ class ClipSegNode(LifecycleNode):
         if self._prompt_topic is not None:
             self.destroy_subscription(self._prompt_topic)
             self._prompt_topic = None
+        if self._thresholds_service is not None:
+            self.destroy_service(self._thresholds_service)
+            self._thresholds_service = None
         for cam in self.cameras:
             cam.publishers.destroy()
         self.cameras = []
@@ -256,9 +304,13 @@ class ClipSegNode(LifecycleNode):
             with self._prompt_lock:
                 change = PromptChange(
                     texts=texts_from_parameter(values["prompts"]) if "prompts" in values else None,
-                    template=values.get("prompt_template"), max_prompts=values.get("max_prompts"))
+                    template=values.get("prompt_template"), max_prompts=values.get("max_prompts"),
+                    thresholds=(thresholds_from_parameter(values["prompt_thresholds"])
+                                if "prompt_thresholds" in values else None))
                 if self.prompts.check(change) != self.prompts.state:  # not just the mirror of a commit
-                    self._report_prompts(self.prompts.apply(change))
+                    state = self.prompts.apply(change)
+                    self._report_prompts(state)
+                    self._save_prompts(state)
         except (PromptError, ValueError) as exc:
             names = ", ".join(f"{k}={v!r}" for k, v in values.items())
             self.get_logger().warning(f"rejected {names}: {exc}")
@@ -271,20 +323,46 @@ class ClipSegNode(LifecycleNode):
 
     # ------------------------------------------------------------------ prompts (adapters)
     def _commit_prompts(self, change: PromptChange) -> PromptState:
-        """Apply a change from a topic or the service and mirror its text prompts into the
-        ``prompts`` parameter, so ``ros2 param get`` always shows what is active."""
+        """Apply a change from a topic or a service, then :meth:`_after_commit`."""
         with self._prompt_lock:
             state = self.prompts.apply(change)
-            if list(state.texts) != _plain(self.get_parameter("prompts").value):
-                self.set_parameters([Parameter("prompts", Parameter.Type.STRING_ARRAY, list(state.texts))])
-            self._report_prompts(state)
+            self._after_commit(state)
             return state
+
+    def _after_commit(self, state: PromptState) -> None:
+        """Mirror what is active into the prompt parameters (so ``ros2 param get`` shows it),
+        log it and save it to the prompt store."""
+        mirrored = {"prompts": list(state.texts), "prompt_template": state.template,
+                    "prompt_thresholds": thresholds_to_parameter(state.thresholds)}
+        stale = [name for name, value in mirrored.items() if _plain(self.get_parameter(name).value) != value]
+        if stale:
+            types = {"prompt_template": Parameter.Type.STRING}
+            self.set_parameters([Parameter(name, types.get(name, Parameter.Type.STRING_ARRAY), mirrored[name])
+                                 for name in stale])
+        self._report_prompts(state)
+        self._save_prompts(state)
+
+    def _save_prompts(self, state: PromptState) -> None:
+        if self._store is None:
+            return
+        try:
+            self._store.save(stored_prompts(state))
+        except (StoreError, PromptError) as exc:
+            if not self._store_failing:
+                self.get_logger().warning(f"prompts are active but not saved: {exc}. The node keeps running; "
+                                          "this is said once until a save succeeds")
+            self._store_failing = True
+            return
+        if self._store_failing:
+            self.get_logger().info(f"prompt store {self._store.directory} written again")
+        self._store_failing = False
 
     def _report_prompts(self, state: PromptState) -> None:
         if state.prompt_set is not None:
             for warning in state.prompt_set.warnings:
                 self.get_logger().warning(warning)
-        self.get_logger().info(f"active prompts: {list(state.names)}")
+        own = f"; thresholds {dict(state.thresholds)}" if state.thresholds else ""
+        self.get_logger().info(f"active prompts: {list(state.names)}{own}")
 
     def _on_prompts_topic(self, msg: String) -> None:
         try:
@@ -292,20 +370,17 @@ class ClipSegNode(LifecycleNode):
         except PromptError as exc:
             self.log.warning(f"prompts_topic:{msg.data[:40]!r}", f"~/prompts {exc}")
 
-    def _embedded_image(self, name: str, msg: Image) -> ImagePrompt:
-        """Read and embed one example image (a full vision pass: called on the prompt-image
-        thread only); PromptError when it cannot be read."""
-        try:
-            rgb = read_rgb8(msg, self.settings.max_image_pixels)
-        except ImageConversionError as exc:
-            raise PromptError(f"image prompt '{name}': {exc}") from exc
-        return self.prompts.embed_image(name, rgb)
+    def _embedded(self, request: ExampleRequest) -> ImagePrompt:
+        """Embed one example (a full vision pass: called on the prompt-image thread only)."""
+        return self.prompts.embed_image(request.name, request.example, request.text, request.text_weight)
 
     def _on_prompt_image(self, msg: Image) -> None:
         name = msg.header.frame_id.strip() or "image_prompt"
         try:
             self.prompts.check(PromptChange(added_images=(ImagePrompt(name),)))  # before the costly part
-            self._commit_prompts(PromptChange(added_images=(self._embedded_image(name, msg),)))
+            image = read_prompt_image(msg, self.settings.max_image_pixels, name)
+            request = example_request(name, image, None, alpha_mask(msg), self.settings.visual_prompt_style)
+            self._commit_prompts(PromptChange(added_images=(self._embedded(request),)))
         except PromptError as exc:
             self.log.warning(f"prompt_image:{problem_kind(str(exc))}", f"~/prompt_image '{name}' refused: {exc}")
 
@@ -314,7 +389,9 @@ class ClipSegNode(LifecycleNode):
             texts = texts_from_request(request.prompts)
             names = image_names_from_request(request.image_prompt_names, len(request.image_prompts))
             self.prompts.check(PromptChange(texts=texts, images=tuple(ImagePrompt(n) for n in names)))
-            images = tuple(self._embedded_image(n, img) for n, img in zip(names, request.image_prompts))
+            examples = examples_from_set_prompts(request, names, self.settings.max_image_pixels,
+                                                 self.settings.visual_prompt_style)
+            images = tuple(self._embedded(example) for example in examples)
             state = self._commit_prompts(PromptChange(texts=texts, images=images))
         except PromptError as exc:
             self.get_logger().warning(f"~/set_prompts refused: {exc}")
@@ -324,6 +401,102 @@ class ClipSegNode(LifecycleNode):
         response.success = True
         response.active_prompts = list(state.names)
         response.message = f"{len(state.names)} prompts active"
+        response.prompt_images = [prompt_image_msg(e.name, e.example) for e in examples]
+        return response
+
+    # ------------------------------------------------------------------ teaching by showing
+    def _camera_for(self, selector: str) -> Camera:
+        """The camera a teach request means: by name, by topic (as given or resolved), by the
+        frame_id of its images, or the only camera for ''. PromptError otherwise."""
+        cameras = self.cameras
+        selector = selector.strip()
+        if not selector:
+            if len(cameras) == 1:
+                return cameras[0]
+            raise PromptError(f"{len(cameras)} cameras: name one of {[c.spec.name for c in cameras]}")
+        for cam in cameras:
+            latest = cam.latest
+            if selector in (cam.spec.name, cam.spec.topic, cam.spec.resolved_topic) or (
+                    latest is not None and selector == latest.header.frame_id):
+                return cam
+        raise PromptError(f"unknown camera '{selector}': one of {[c.spec.name for c in cameras]} (or their "
+                          "image topics)")
+
+    def _newest_frame(self, cam: Camera):
+        """The camera's newest frame as (message, RGB array); PromptError when there is none."""
+        msg = cam.latest
+        if msg is None:
+            raise PromptError(f"no frame from camera '{cam.spec.name}' ({cam.spec.resolved_topic}) yet"
+                              + ("" if self._camera_subscriptions else ": the node is not active"))
+        try:
+            return msg, read_rgb8(msg)
+        except ImageConversionError as exc:
+            raise PromptError(f"the newest frame of camera '{cam.spec.name}' cannot be read: {exc}") from exc
+
+    def _teach(self, camera: str, name: str, region_of, text: str = "", text_weight: float = 0.0,
+               style: str = "") -> tuple[PromptState, ExampleRequest]:
+        """Take the camera's newest frame, build the prompt image from the region that
+        ``region_of(image_size)`` returns (box, mask), embed it and add it under ``name``."""
+        name = name.strip()
+        if not name:
+            raise PromptError("the prompt has no name")
+        self.prompts.check(PromptChange(added_images=(ImagePrompt(name),)))  # before the costly part
+        cam = self._camera_for(camera)
+        _, rgb = self._newest_frame(cam)
+        box, mask = region_of(rgb.shape[:2])
+        request = example_request(name, rgb, box, mask, style or self.settings.visual_prompt_style, text, text_weight)
+        if not request.example.has_region:
+            raise PromptError(f"'{name}': no region (give a box, a mask or both)")
+        state = self._commit_prompts(PromptChange(added_images=(self._embedded(request),)))
+        self.get_logger().info(f"taught '{name}' from camera '{cam.spec.name}' ({request.example.style})")
+        return state, request
+
+    def _on_teach(self, request: Teach.Request, response: Teach.Response) -> Teach.Response:
+        def region(_size):
+            mask = mask_from_msg(request.mask, self.settings.max_image_pixels)
+            box = box_from_roi(request.box)
+            if box is None and mask is None:
+                raise PromptError(f"'{request.name.strip()}': no region (give a box, a mask or both)")
+            return box, mask
+        try:
+            state, taught = self._teach(request.camera, request.name, region, request.text, request.text_weight,
+                                        request.style)
+        except PromptError as exc:
+            self.get_logger().warning(f"~/teach refused: {exc}")
+            response.success, response.message = False, str(exc)
+            response.active_prompts = list(self.prompts.state.names)
+            return response
+        response.success = True
+        response.message = f"'{taught.name}' taught; {len(state.names)} prompts active"
+        response.active_prompts = list(state.names)
+        response.prompt_image = prompt_image_msg(taught.name, taught.example)
+        return response
+
+    def _on_teach_region(self, msg: PolygonStamped) -> None:
+        """A region drawn on a camera image (pixels; frame_id selects the camera), taught under
+        the ``teach_name`` parameter."""
+        points = [(float(p.x), float(p.y)) for p in msg.polygon.points]
+        try:
+            if not self.settings.teach_name.strip():
+                raise PromptError("set the teach_name parameter to the name to teach first")
+            self._teach(msg.header.frame_id, self.settings.teach_name,
+                        lambda size: region_from_polygon(points, size, self.settings.teach_point_size))
+        except PromptError as exc:
+            self.log.warning(f"teach_region:{problem_kind(str(exc))}", f"~/teach_region refused: {exc}")
+
+    def _on_set_thresholds(self, request: SetThresholds.Request,
+                           response: SetThresholds.Response) -> SetThresholds.Response:
+        try:
+            updates = thresholds_from_request(request.prompts, request.thresholds)
+            state = self._commit_prompts(PromptChange(added_thresholds=updates))
+        except PromptError as exc:
+            self.get_logger().warning(f"~/set_thresholds refused: {exc}")
+            response.success, response.message = False, str(exc)
+            response.thresholds = thresholds_to_parameter(self.prompts.state.thresholds)
+            return response
+        response.success = True
+        response.thresholds = thresholds_to_parameter(state.thresholds)
+        response.message = f"{len(state.thresholds)} prompts have their own threshold"
         return response
 
     # ------------------------------------------------------------------ cameras
@@ -339,6 +512,7 @@ class ClipSegNode(LifecycleNode):
             cam.stats.on_received(now, superseded=False)
             self._refuse_frame(cam, now, str(exc))
             return
+        cam.latest = msg
         cam.stats.on_received(now, self._slots.put(Frame(cam.spec.index, msg, now)))
 
     def _refuse_frame(self, cam: Camera, now: float, reason: str) -> None:

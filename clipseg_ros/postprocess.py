@@ -36,6 +36,7 @@ class PromptStats:
     detected: bool
     bbox: tuple[int, int, int, int]
     centroid: tuple[float, float]
+    threshold: float = math.nan  # the threshold this prompt's mask used
 
 
 @dataclass
@@ -43,9 +44,10 @@ class SegmentationResult:
     """Everything one frame produced. Arrays are numpy; shapes use (H, W) of the output grid.
 
     - ``masks``: (N, H, W) uint8, probability * 255 rounded.
-    - ``label``: (H, W) uint8, 0 = background, k = prompts[k-1] (argmax over prompts, only where
-      the winning probability >= threshold).
+    - ``label``: (H, W) uint8, 0 = background, k = prompts[k-1]: of the prompts whose mask
+      reaches its threshold at a pixel, the most probable.
     - ``stats``: one :class:`PromptStats` per prompt.
+    - ``threshold``: the default threshold; ``thresholds``: the one each prompt used.
     - ``image_size``: the input image's (height, width).
     """
 
@@ -56,6 +58,7 @@ class SegmentationResult:
     threshold: float
     image_size: tuple[int, int]
     timings_ms: dict = field(default_factory=dict)
+    thresholds: tuple[float, ...] = ()
 
 
 def empty_result(image_size: tuple[int, int], threshold: float) -> SegmentationResult:
@@ -68,11 +71,13 @@ def empty_result(image_size: tuple[int, int], threshold: float) -> SegmentationR
 
 @torch.inference_mode()
 def postprocess_logits(logits: torch.Tensor, prompts: Sequence[str], image_size: tuple[int, int], *,
-                       threshold: float, output_size: tuple[int, int] | None = None) -> SegmentationResult:
+                       threshold: float, output_size: tuple[int, int] | None = None,
+                       thresholds: Sequence[float] | None = None) -> SegmentationResult:
     """Turn raw logits (N, h, w) for one frame into a :class:`SegmentationResult`.
 
     ``image_size``: the input image's (H, W). ``output_size``: grid of masks and label; None means
-    the input size (bilinear upsampling of probabilities, align_corners=False).
+    the input size (bilinear upsampling of probabilities, align_corners=False). ``thresholds``:
+    one per prompt (None: ``threshold`` for all).
 
     Stats (area, mean, bbox, centroid) are computed from the published uint8 masks, so they
     always agree with what consumers receive; a pixel counts as inside when its mask value is
@@ -97,28 +102,58 @@ def postprocess_logits(logits: torch.Tensor, prompts: Sequence[str], image_size:
             # INTER_LINEAR with half-pixel centres == torch bilinear, align_corners=False.
             plane = cv2.resize(plane, (out_w, out_h), interpolation=cv2.INTER_LINEAR)
         cv2.convertScaleAbs(plane, dst=masks[k])  # round + saturate to uint8
-    stats = mask_stats(masks, prompts, max_scores, (in_h, in_w), threshold)
-    return SegmentationResult(prompts=list(prompts), masks=masks, label=label_from_masks(masks, threshold),
-                              stats=stats, threshold=float(threshold), image_size=(in_h, in_w))
+    levels = per_prompt(threshold, thresholds, len(prompts))
+    stats = mask_stats(masks, prompts, max_scores, (in_h, in_w), levels)
+    return SegmentationResult(prompts=list(prompts), masks=masks, label=label_from_masks(masks, levels),
+                              stats=stats, threshold=float(threshold), image_size=(in_h, in_w), thresholds=levels)
 
 
-def label_from_masks(masks: np.ndarray, threshold: float) -> np.ndarray:
-    """(N, H, W) uint8 masks -> (H, W) uint8 label: k = 1 + argmax where that mask >= threshold
-    (in mask units, ceil(threshold * 255)), else 0. Ties go to the lower prompt index.
+def per_prompt(threshold: float, thresholds: Sequence[float] | None, count: int) -> tuple[float, ...]:
+    """``count`` thresholds: ``thresholds`` as given, or ``threshold`` for every prompt."""
+    if thresholds is None:
+        return (float(threshold),) * count
+    if len(thresholds) != count:
+        raise ValueError(f"{len(thresholds)} thresholds for {count} prompts")
+    return tuple(float(t) for t in thresholds)
 
-    OpenCV element-wise ops on uint8 planes: ~10x faster than numpy's argmax at 1080p.
+
+def label_from_masks(masks: np.ndarray, threshold: float | Sequence[float]) -> np.ndarray:
+    """(N, H, W) uint8 masks -> (H, W) uint8 label: at each pixel, of the prompts whose mask
+    reaches its threshold (in mask units, ceil(threshold * 255)), k = 1 + the most probable one;
+    0 where none does. Ties go to the lower prompt index. With one threshold for all this is
+    "argmax, then threshold".
+
+    OpenCV element-wise ops on uint8/uint16 planes: ~10x faster than numpy's argmax at 1080p.
     """
-    if masks.shape[0] == 0:
+    count = masks.shape[0]
+    if count == 0:
         return np.zeros(masks.shape[1:], np.uint8)
-    best = masks[0].copy()
-    label = np.ones(best.shape, np.uint8)
-    for k in range(1, masks.shape[0]):
-        better = cv2.compare(masks[k], best, cv2.CMP_GT)  # 255 where strictly greater
-        cv2.max(best, masks[k], dst=best)
-        value = min(k + 1, MAX_LABELS)
-        label = cv2.bitwise_or(cv2.bitwise_and(label, cv2.bitwise_not(better)),
-                               cv2.threshold(better, 0, value, cv2.THRESH_BINARY)[1])
-    return cv2.bitwise_and(label, at_least(best, mask_level(threshold)))
+    levels = [mask_level(t) for t in per_prompt(threshold, None if np.isscalar(threshold) else threshold, count)]
+    if len(set(levels)) == 1:  # one threshold: argmax, then threshold (uint8 only)
+        best = masks[0].copy()
+        label = np.ones(best.shape, np.uint8)
+        for k in range(1, count):
+            better = cv2.compare(masks[k], best, cv2.CMP_GT)  # 255 where strictly greater
+            cv2.max(best, masks[k], dst=best)
+            label = _relabel(label, better, k)
+        return cv2.bitwise_and(label, at_least(best, levels[0]))
+    # Per-prompt thresholds: a candidate plane is mask + 1 where the mask reaches its level, 0
+    # elsewhere (uint16, so a passing 0 stays distinguishable from "not passing").
+    best = np.zeros(masks.shape[1:], np.uint16)
+    label = np.zeros(masks.shape[1:], np.uint8)
+    for k in range(count):
+        raised = cv2.add(masks[k].astype(np.uint16), 1)
+        candidate = cv2.bitwise_and(raised, raised, mask=at_least(masks[k], levels[k]))
+        better = cv2.compare(candidate, best, cv2.CMP_GT)
+        cv2.max(best, candidate, dst=best)
+        label = _relabel(label, better, k)
+    return label
+
+
+def _relabel(label: np.ndarray, better: np.ndarray, k: int) -> np.ndarray:
+    value = min(k + 1, MAX_LABELS)
+    return cv2.bitwise_or(cv2.bitwise_and(label, cv2.bitwise_not(better)),
+                          cv2.threshold(better, 0, value, cv2.THRESH_BINARY)[1])
 
 
 def at_least(plane: np.ndarray, level: int) -> np.ndarray:
@@ -135,8 +170,9 @@ def mask_level(threshold: float) -> int:
 
 
 def mask_stats(masks: np.ndarray, prompts: Sequence[str], max_scores: Sequence[float],
-               image_size: tuple[int, int], threshold: float) -> list[PromptStats]:
-    """Per-prompt stats from (N, h, w) uint8 masks on any grid, in input-image pixels.
+               image_size: tuple[int, int], threshold: float | Sequence[float]) -> list[PromptStats]:
+    """Per-prompt stats from (N, h, w) uint8 masks on any grid, in input-image pixels, each with
+    its threshold (one for all, or one per prompt).
 
     A grid pixel covers (H/h) x (W/w) input pixels: bbox edges are scaled and rounded outwards,
     the centroid is the mean of covered pixel centres. OpenCV's countNonZero/boundingRect/
@@ -145,10 +181,10 @@ def mask_stats(masks: np.ndarray, prompts: Sequence[str], max_scores: Sequence[f
     in_h, in_w = int(image_size[0]), int(image_size[1])
     grid_h, grid_w = masks.shape[1:]
     sx, sy = in_w / grid_w, in_h / grid_h
-    level = mask_level(threshold)
+    thresholds = per_prompt(threshold, None if np.isscalar(threshold) else threshold, masks.shape[0])
     stats = []
     for k in range(masks.shape[0]):
-        inside = at_least(masks[k], level)
+        inside = at_least(masks[k], mask_level(thresholds[k]))
         area = cv2.countNonZero(inside)
         if area:
             x, y, w, h = cv2.boundingRect(inside)
@@ -164,5 +200,6 @@ def mask_stats(masks: np.ndarray, prompts: Sequence[str], max_scores: Sequence[f
         mx = float(max_scores[k])
         stats.append(PromptStats(prompt=str(prompts[k]), max_score=mx, mean_score=float(mean),
                                  area_fraction=area / float(grid_h * grid_w), detected=area > 0,
-                                 bbox=bbox, centroid=(float(centroid[0]), float(centroid[1]))))
+                                 bbox=bbox, centroid=(float(centroid[0]), float(centroid[1])),
+                                 threshold=thresholds[k]))
     return stats

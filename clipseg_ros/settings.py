@@ -2,8 +2,8 @@
 
 :func:`parameter_specs` is the one table of names, defaults, types, ranges and descriptions (the
 YAML file and the launch file are tested against it). :class:`NodeSettings` holds every value
-except the prompt ones (``prompts``, ``prompt_template``, ``max_prompts`` belong to
-:class:`clipseg_ros.prompts.PromptBook`); a change makes a new NodeSettings or is refused.
+except the prompt ones (``prompts``, ``prompt_template``, ``max_prompts``, ``prompt_thresholds``
+belong to :class:`clipseg_ros.prompts.PromptBook`); a change makes a new NodeSettings or is refused.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from clipseg_ros.device import check_device_name, resolve_dtype, resolve_device
 from clipseg_ros.engine import DEFAULT_MODEL
 from clipseg_ros.messages import OutputOptions
 from clipseg_ros.postprocess import MAX_LABELS
+from clipseg_ros.visual_prompts import DEFAULT_STYLE, STYLES
 
 INPUT_QOS = ("sensor_data", "reliable", "system_default")
 MASK_RESOLUTIONS = ("input", "model")
@@ -44,6 +45,16 @@ def parameter_specs() -> list[tuple[str, object, ParameterDescriptor]]:
         ("prompt_template", "{}", desc("template applied to each text prompt, e.g. 'a photo of a {}.'", S)),
         ("max_prompts", 32, desc("most prompts (text + image) accepted at once", I,
                                  integer_range=[IntegerRange(from_value=1, to_value=MAX_LABELS, step=1)])),
+        ("prompt_thresholds", None, desc("per-prompt thresholds as 'name=value' (value in [0, 1]); other prompts "
+                                         "use threshold (also via ~/set_thresholds)", SA)),
+        ("prompt_store", "", desc("directory where the active prompts are kept across restarts ('' = none); a "
+                                  "readable store takes precedence over the prompt parameters at configure", S, True)),
+        ("visual_prompt_style", DEFAULT_STYLE, desc("how a marked example becomes a prompt image: "
+                                                    + " | ".join(STYLES), S)),
+        ("teach_name", "", desc("name given to a prompt taught by drawing on ~/teach_region", S)),
+        ("teach_point_size", 64, desc("side in pixels of the box a single clicked point on ~/teach_region "
+                                      "stands for", I,
+                                      integer_range=[IntegerRange(from_value=1, to_value=4096, step=1)])),
         ("image_topics", ["image"], desc("camera topics; a name ending in /compressed (after remapping) is a "
                                          "CompressedImage", SA, True)),
         ("camera_names", None, desc("output namespace per camera; empty = derived from the topics", SA, True)),
@@ -97,6 +108,10 @@ class NodeSettings:
     max_image_pixels: int
     input_timeout: float
     max_latency: float
+    prompt_store: str
+    visual_prompt_style: str
+    teach_name: str
+    teach_point_size: int
 
     @classmethod
     def from_values(cls, values: Mapping[str, object]) -> "NodeSettings":
@@ -125,6 +140,7 @@ class NodeSettings:
             "dtype": lambda: resolve_dtype(self.dtype, resolve_device("cpu")),
             "input_qos": lambda: _one_of("input_qos", self.input_qos, INPUT_QOS),
             "mask_resolution": lambda: _one_of("mask_resolution", self.mask_resolution, MASK_RESOLUTIONS),
+            "visual_prompt_style": lambda: _one_of("visual_prompt_style", self.visual_prompt_style, tuple(STYLES)),
             "image_topics": lambda: _require(bool(self.image_topics), "image_topics is empty"),
             "camera_names": lambda: _require(
                 not self.camera_names or len(self.camera_names) == len(self.image_topics),
