@@ -219,7 +219,8 @@ def cv2_to_imgmsg(arr: np.ndarray, encoding: str = "passthrough", header=None) -
     msg.encoding = encoding
     msg.is_bigendian = big_endian
     msg.step = int(arr.shape[1] * channels * arr.dtype.itemsize)
-    msg.data.frombytes(memoryview(arr).cast("B"))  # one copy; never assign an ndarray
+    if arr.size:  # memoryview cannot cast a view with a zero in its shape; an empty image has no data
+        msg.data.frombytes(memoryview(arr).cast("B"))  # one copy; never assign an ndarray
     return msg
 
 

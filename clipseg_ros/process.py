@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import faulthandler
 import os
+import signal
 import sys
 
 import rclpy
@@ -33,6 +34,9 @@ def main(args=None, teardown_deadline_s: float | None = None) -> int:
     # Compressed frames are measured from their headers with PIL, which refuses headers over its
     # own limit (179 M pixels) without saying their size; the node applies max_image_pixels itself.
     PILImage.MAX_IMAGE_PIXELS = None
+    interrupts = _Interrupts()
+    signal.signal(signal.SIGINT, interrupts)  # rclpy's handlers (installed by init) call these after theirs
+    signal.signal(signal.SIGTERM, interrupts)
     rclpy.init(args=args)
     node = None
     status = 0
@@ -45,6 +49,7 @@ def main(args=None, teardown_deadline_s: float | None = None) -> int:
             elif node.trigger_activate() != TransitionCallbackReturn.SUCCESS:
                 status = 1
         if status == 0:
+            interrupts.while_spinning()
             rclpy.spin(node)
     except ValueError as exc:
         rclpy.logging.get_logger("clipseg").fatal(str(exc))
@@ -58,6 +63,24 @@ def main(args=None, teardown_deadline_s: float | None = None) -> int:
             node.destroy_node()
         rclpy.try_shutdown()
     return status
+
+
+class _Interrupts:
+    """Python's part of Ctrl-C/SIGTERM handling. rclpy's own handler shuts the context down and
+    then calls this one. Before spinning (loading the model) it raises KeyboardInterrupt to stop
+    at once; while spinning it does nothing, so the executor ends with ExternalShutdownException
+    at its next wait instead of a KeyboardInterrupt landing between any two bytecodes (seen: one
+    hit rclpy's Task constructor and left a half-built Task whose ``__del__`` printed a traceback)."""
+
+    def __init__(self):
+        self._raise = True
+
+    def while_spinning(self) -> None:
+        self._raise = False
+
+    def __call__(self, signum, frame) -> None:
+        if self._raise:
+            raise KeyboardInterrupt
 
 
 def exit_if_stuck(deadline_s: float) -> None:

@@ -246,3 +246,10 @@ def test_non_contiguous_slice_converts_with_its_own_step():
     msg = cv2_to_imgmsg(view, "rgb8")
     assert (msg.height, msg.width, msg.step) == (5, 7, 21)
     assert np.array_equal(imgmsg_to_cv2(msg), view)
+
+
+def test_an_empty_image_converts_to_a_message_without_data():
+    # Seen building a SetPrompts request whose "no mask" entry is an image without pixels:
+    # memoryview refused to cast the zero-size array.
+    msg = cv2_to_imgmsg(np.zeros((0, 0), np.uint8), "mono8")
+    assert (msg.width, msg.height, msg.step, len(msg.data)) == (0, 0, 0, 0)

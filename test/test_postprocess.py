@@ -174,3 +174,40 @@ def test_detected_is_exactly_whether_the_published_mask_has_a_pixel_at_the_thres
                                 output_size=(8, 8))
     s = result.stats[0]
     assert s.detected == (s.area_fraction > 0) == bool((result.masks[0] >= mask_level(0.3975)).any())
+
+
+def test_per_prompt_thresholds_label_is_the_most_probable_prompt_that_passes_its_own():
+    # pixel 0: a=0.3 (own 0.2: passes), b=0.5 (own 0.6: fails) -> a, although b is more probable
+    # pixel 1: both pass -> the more probable, b; pixel 2: none passes -> 0
+    # pixel 3: threshold 0 passes everything, even a zero mask value
+    masks = np.array([[[77, 77, 10, 0]], [[128, 200, 100, 0]]], np.uint8)
+    assert label_from_masks(masks, [0.2, 0.6]).tolist() == [[1, 2, 0, 0]]
+    assert label_from_masks(masks, [0.0, 0.6]).tolist() == [[1, 2, 1, 1]]
+    assert label_from_masks(np.array([[[5]], [[5]]], np.uint8), [0.0, 0.0]).tolist() == [[1]]  # tie: lower index
+
+
+def test_per_prompt_thresholds_equal_for_all_match_the_single_threshold_rule():
+    rng = np.random.default_rng(3)
+    masks = rng.integers(0, 256, (6, 40, 50), dtype=np.uint8)
+    levels = [0.1, 0.9, 0.5, 0.3, 0.7, 0.4]
+    ref = np.zeros((40, 50), np.uint8)
+    best = np.full((40, 50), -1, np.int32)
+    for k, t in enumerate(levels):  # numpy reference: most probable among those passing their own
+        passing = masks[k] >= mask_level(t)
+        better = passing & (masks[k].astype(np.int32) > best)
+        ref[better], best[better] = k + 1, masks[k][better]
+    assert np.array_equal(label_from_masks(masks, levels), ref)
+    assert np.array_equal(label_from_masks(masks, [0.5] * 6), label_from_masks(masks, 0.5))
+
+
+def test_stats_and_detected_use_each_prompts_threshold():
+    probs = np.stack([square_map(inside=0.5), square_map(inside=0.5)])
+    result = postprocess_logits(logits_from_probs(probs), ["low", "high"], (8, 8), threshold=0.4,
+                                thresholds=[0.3, 0.6])
+    low, high = result.stats
+    assert (low.detected, high.detected) == (True, False)
+    assert (low.threshold, high.threshold) == (0.3, 0.6) and result.thresholds == (0.3, 0.6)
+    assert result.threshold == 0.4  # the default stays what it was
+    assert low.area_fraction == 12 / 64 and high.area_fraction == 0
+    with pytest.raises(ValueError, match="1 thresholds for 2 prompts"):
+        postprocess_logits(logits_from_probs(probs), ["low", "high"], (8, 8), threshold=0.4, thresholds=[0.3])

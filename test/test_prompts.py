@@ -5,8 +5,10 @@ import pytest
 import torch
 
 from clipseg_ros.prompts import (ImagePrompt, PromptBook, PromptChange, PromptError, apply_template,
-                                 image_names_from_request, parse_prompt_text, texts_from_parameter,
-                                 texts_from_request, texts_from_topic)
+                                 image_names_from_request, parse_prompt_text, stored_prompts, texts_from_parameter,
+                                 texts_from_request, texts_from_topic, thresholds_from_parameter,
+                                 thresholds_to_parameter)
+from clipseg_ros.visual_prompts import Box, make_example
 from conftest import random_image
 
 
@@ -119,9 +121,15 @@ def test_unattached_book_checks_and_keeps_texts_and_refuses_images(tiny_engine, 
         book.apply(PromptChange(added_images=(ImagePrompt("x"),)))
     state = book.attach(tiny_engine)
     assert state.prompt_set.names == ("mug",)
-    book.apply(PromptChange(added_images=(book.embed_image("x", random_image(rng)),)))
-    detached = book.detach()  # the model goes, and the image embeddings with it
-    assert detached.names == ("mug",) and detached.prompt_set is None
+    x = book.embed_image("x", random_image(rng))
+    book.apply(PromptChange(added_images=(x,)))
+    detached = book.detach()  # the model goes, and the image embeddings with it; the examples stay
+    assert detached.names == ("mug", "x") and detached.prompt_set is None
+    assert detached.images[0].embedding is None
+    assert book.apply(PromptChange(texts=("cup",))).names == ("cup", "x")  # text changes still work
+    again = book.attach(tiny_engine)  # embedded again from the kept example
+    assert torch.equal(again.images[0].embedding, x.embedding)
+    assert torch.equal(again.prompt_set.embeddings[1], x.embedding)
 
 
 def test_bad_initial_prompts_are_refused():
@@ -129,3 +137,70 @@ def test_bad_initial_prompts_are_refused():
         PromptBook(["cup"], template="nothing")
     with pytest.raises(PromptError, match="2 prompts exceed max_prompts=1"):
         PromptBook(["cup", "mug"], max_prompts=1)
+
+
+def test_per_prompt_thresholds(book, rng):
+    state = book.apply(PromptChange(thresholds={"cup": 0.25}))
+    assert state.thresholds == (("cup", 0.25),) and state.threshold_of("door handle") is None
+    assert state.prompt_set.thresholds == (0.25, None)
+    assert state.prompt_set.thresholds_or(0.4) == (0.25, 0.4)
+    embeddings = state.prompt_set.embeddings
+    # a threshold-only change keeps the embeddings (nothing is embedded again)
+    state = book.apply(PromptChange(added_thresholds={"door handle": 0.7, "not active yet": 0.1}))
+    assert state.prompt_set.embeddings is embeddings
+    assert state.prompt_set.thresholds == (0.25, 0.7)
+    assert thresholds_to_parameter(state.thresholds) == ["cup=0.25", "door handle=0.7", "not active yet=0.1"]
+    state = book.apply(PromptChange(added_thresholds={"cup": None}))  # back to the default
+    assert state.prompt_set.thresholds == (None, 0.7)
+    for bad in (1.5, -0.1, float("nan"), "high"):
+        with pytest.raises(PromptError, match="threshold for 'cup'"):
+            book.apply(PromptChange(added_thresholds={"cup": bad}))
+    assert book.state.thresholds == state.thresholds  # refused: nothing changed
+    # a prompt that becomes active later gets its threshold
+    assert book.apply(PromptChange(texts=("not active yet",))).prompt_set.thresholds == (0.1,)
+
+
+def test_thresholds_parameter_format():
+    assert thresholds_from_parameter(["cup=0.3", " door handle = 0.2", "a=b=1"]) == {
+        "cup": 0.3, "door handle": 0.2, "a=b": 1.0}
+    for bad, reason in [(["cup"], "is not 'name=value'"), (["=0.3"], "is not 'name=value'"),
+                        (["cup=x"], "not a number"), (["cup=2"], r"must be in \[0, 1\]"),
+                        (["cup=0.1", "cup=0.2"], "names 'cup' twice")]:
+        with pytest.raises(PromptError, match=reason):
+            thresholds_from_parameter(bad)
+
+
+def test_text_and_example_combined_for_one_name(book, tiny_engine, rng):
+    example = make_example(random_image(rng, 30, 30), box=Box(5, 5, 10, 10))
+    mixed = book.embed_image("my mug", example, text="mug", text_weight=0.25)
+    state = book.apply(PromptChange(added_images=(mixed,)))
+    text = tiny_engine.embed_texts(["mug"])[0][0]
+    image = tiny_engine.embed_image(example.prompt_image)
+    assert torch.allclose(state.prompt_set.embeddings[2], 0.25 * text + 0.75 * image, atol=1e-6)
+    # the template applies to the mixed-in text too
+    templated = book.apply(PromptChange(template="a photo of a {}.")).prompt_set.embeddings[2]
+    text = tiny_engine.embed_texts(["a photo of a mug."])[0][0]
+    assert torch.allclose(templated, 0.25 * text + 0.75 * image, atol=1e-6)
+    with pytest.raises(PromptError, match=r"text weight for 'x' must be in \[0, 1\]"):
+        book.embed_image("x", example, text="mug", text_weight=1.5)
+
+
+def test_restoring_a_stored_set_gives_the_same_prompts(book, tiny_engine, rng):
+    example = make_example(random_image(rng, 30, 30), box=Box(5, 5, 10, 10))
+    book.apply(PromptChange(added_images=(book.embed_image("my mug", example, "mug", 0.3),),
+                            thresholds={"cup": 0.2}, template="a {}"))
+    stored = stored_prompts(book.state)
+    assert stored.names == ("cup", "door handle", "my mug") and stored.thresholds == (("cup", 0.2),)
+    fresh = PromptBook()
+    fresh.attach(tiny_engine)
+    state = fresh.apply(fresh.restoring(stored))
+    assert state == book.state
+    assert torch.equal(state.prompt_set.embeddings, book.prompt_set.embeddings)
+    assert state.prompt_set.thresholds == book.prompt_set.thresholds
+
+
+def test_engine_segments_with_the_prompt_sets_own_thresholds(book, tiny_engine, rng):
+    prompt_set = book.apply(PromptChange(thresholds={"door handle": 0.0})).prompt_set
+    result = tiny_engine.segment(random_image(rng), prompt_set, threshold=0.99)
+    assert [s.threshold for s in result.stats] == [0.99, 0.0]
+    assert result.stats[1].detected and result.stats[1].area_fraction == 1.0  # threshold 0: every pixel

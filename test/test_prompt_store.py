@@ -1,0 +1,112 @@
+"""The prompt store without ROS: round trips, atomic saves, damaged stores set aside."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from clipseg_ros.prompt_store import PromptStore, StoreCorrupt, StoreError, StoredImagePrompt, StoredPrompts
+from clipseg_ros.visual_prompts import Box, make_example
+from conftest import random_image
+
+
+@pytest.fixture
+def stored(rng):
+    mask = np.zeros((30, 40), np.uint8)
+    mask[5:20, 10:30] = 255
+    with_mask = make_example(random_image(rng, 30, 40), box=Box(8, 4, 25, 18), mask=mask, style="crop_darken")
+    plain = make_example(random_image(rng, 20, 20))
+    return StoredPrompts(texts=("cup", "door handle"), template="a photo of a {}.",
+                         thresholds=(("cup", 0.25), ("tasse", 0.5)),
+                         images=(StoredImagePrompt("my mug", with_mask, "mug", 0.3),
+                                 StoredImagePrompt("plain one", plain)))
+
+
+def files(directory):
+    return {str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+def test_round_trip_is_exact(tmp_path, stored):
+    store = PromptStore(tmp_path / "store")
+    assert store.load() is None  # no store yet: start empty
+    assert store.save(stored) is True
+    loaded = PromptStore(tmp_path / "store").load()
+    assert (loaded.texts, loaded.template, loaded.thresholds) == (stored.texts, stored.template, stored.thresholds)
+    for got, want in zip(loaded.images, stored.images, strict=True):
+        assert (got.name, got.text, got.text_weight) == (want.name, want.text, want.text_weight)
+        assert (got.example.box, got.example.style) == (want.example.box, want.example.style)
+        assert np.array_equal(got.example.image, want.example.image)
+        assert np.array_equal(got.example.prompt_image, want.example.prompt_image)
+        assert (got.example.mask is None) == (want.example.mask is None)
+        if want.example.mask is not None:
+            assert np.array_equal(got.example.mask, want.example.mask)
+    # saving what was loaded writes nothing and leaves every byte as it was
+    before = files(tmp_path / "store")
+    assert PromptStore(tmp_path / "store").save(loaded) is False
+    assert files(tmp_path / "store") == before
+    doc = json.loads((tmp_path / "store" / "prompts.json").read_text())
+    assert doc["image_prompts"][0]["box"] == [8, 4, 25, 18] and doc["thresholds"] == {"cup": 0.25, "tasse": 0.5}
+
+
+def test_images_no_longer_used_are_removed_and_shared_ones_kept(tmp_path, stored):
+    store = PromptStore(tmp_path)
+    store.save(stored)
+    assert len(list((tmp_path / "images").iterdir())) == 4  # image, mask, prompt image; plain: one file for both
+    store.save(StoredPrompts(texts=("cup",), images=stored.images[1:]))
+    assert len(list((tmp_path / "images").iterdir())) == 1  # plain: image and prompt image are one file
+    store.save(StoredPrompts())
+    assert list((tmp_path / "images").iterdir()) == []
+
+
+def test_a_failed_save_leaves_the_previous_store_whole(tmp_path, stored, monkeypatch):
+    store = PromptStore(tmp_path)
+    store.save(stored)
+    before = files(tmp_path)
+    real_replace = os.replace
+
+    def crash_on_commit(src, dst):
+        if str(dst).endswith("prompts.json"):
+            raise OSError(28, "No space left on device")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", crash_on_commit)
+    changed = StoredPrompts(texts=("mug",), images=(StoredImagePrompt("new", make_example(
+        np.full((10, 10, 3), 7, np.uint8))),))
+    with pytest.raises(StoreError, match="No space left on device"):
+        store.save(changed)
+    monkeypatch.undo()
+    after = files(tmp_path)
+    assert {k: v for k, v in after.items() if k in before} == before  # nothing of the old store changed
+    assert not [k for k in after if k.endswith(".tmp")]  # no temporary file left behind
+    assert PromptStore(tmp_path).load().texts == stored.texts
+
+
+def test_unwritable_directory_raises_store_error(tmp_path, stored):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    with pytest.raises(StoreError, match="cannot write the prompt store"):
+        PromptStore(blocker / "store").save(stored)
+
+
+@pytest.mark.parametrize("damage, reason", [
+    (lambda d: (d / "prompts.json").write_text("{ not json"), "not a valid prompt store"),
+    (lambda d: (d / "prompts.json").write_text('{"format": "other"}'), "not a clipseg_ros prompt store"),
+    (lambda d: next((d / "images").iterdir()).write_bytes(b"changed"), "does not match its checksum"),
+    (lambda d: next((d / "images").iterdir()).unlink(), "cannot read"),
+    (lambda d: (d / "prompts.json").write_text(
+        (d / "prompts.json").read_text().replace('"cup": 0.25', '"cup": 7')), "threshold for 'cup'"),
+])
+def test_a_damaged_store_is_refused_and_set_aside_untouched(tmp_path, stored, damage, reason):
+    PromptStore(tmp_path).save(stored)
+    damage(tmp_path)
+    damaged = files(tmp_path)
+    store = PromptStore(tmp_path)
+    with pytest.raises(StoreCorrupt, match=reason):
+        store.load()
+    aside = store.set_aside()
+    assert aside.parent == tmp_path and aside.name.startswith("rejected-")
+    assert files(aside) == damaged  # moved whole, every byte as it was
+    assert store.load() is None  # the store is empty now; the next save starts afresh
+    store.save(StoredPrompts(texts=("cup",)))
+    assert PromptStore(tmp_path).load().texts == ("cup",) and files(aside) == damaged
