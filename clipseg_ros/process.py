@@ -12,6 +12,7 @@ import sys
 
 import rclpy
 from rclpy.executors import ExternalShutdownException
+from rclpy.impl.implementation_singleton import rclpy_implementation as _rclpy_impl
 from rclpy.lifecycle import TransitionCallbackReturn
 
 # Ctrl-C/SIGTERM must end the process within 2 s: teardown gets this long, then the process leaves.
@@ -50,7 +51,7 @@ def main(args=None, teardown_deadline_s: float | None = None) -> int:
                 status = 1
         if status == 0:
             interrupts.while_spinning()
-            rclpy.spin(node)
+            spin_until_shutdown(node)
     except ValueError as exc:
         rclpy.logging.get_logger("clipseg").fatal(str(exc))
         status = 1
@@ -63,6 +64,17 @@ def main(args=None, teardown_deadline_s: float | None = None) -> int:
             node.destroy_node()
         rclpy.try_shutdown()
     return status
+
+
+def spin_until_shutdown(node) -> None:
+    """``rclpy.spin`` until the context is shut down (Ctrl-C/SIGTERM). A shutdown that lands
+    between two waits makes rclpy fail to build its next wait set (RCLError, "context is not
+    valid") instead of raising ExternalShutdownException: that is the same normal end."""
+    try:
+        rclpy.spin(node)
+    except _rclpy_impl.RCLError:
+        if node.context.ok():
+            raise
 
 
 class _Interrupts:

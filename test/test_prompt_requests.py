@@ -5,7 +5,6 @@ import pytest
 from sensor_msgs.msg import RegionOfInterest
 
 from clipseg_ros.conversions import cv2_to_imgmsg
-from clipseg_ros.process import _Interrupts
 from clipseg_ros.prompt_requests import (alpha_mask, box_from_roi, mask_from_msg, region_from_polygon,
                                          text_weight_from_request, thresholds_from_request)
 from clipseg_ros.prompts import DEFAULT_TEXT_WEIGHT, PromptError
@@ -53,10 +52,3 @@ def test_alpha_channel_of_an_example_image_is_its_mask():
     assert (alpha_mask(cv2_to_imgmsg(rgba, "bgra8")) == rgba[..., 3]).all()
     assert alpha_mask(cv2_to_imgmsg(rgba[..., :3].copy(), "rgb8")) is None
 
-
-def test_ctrl_c_interrupts_loading_but_not_the_executor():
-    interrupts = _Interrupts()
-    with pytest.raises(KeyboardInterrupt):
-        interrupts(2, None)
-    interrupts.while_spinning()
-    assert interrupts(2, None) is None  # rclpy has shut the context down: spin ends at its next wait
