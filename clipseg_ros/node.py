@@ -594,6 +594,8 @@ class ClipSegNode(LifecycleNode):
             "active prompts": str(len(prompts)),
             "prompts": "; ".join(prompts),
             "rate (Hz)": f"{s.rate:g}",
+            "prompt store": (("none" if self._store is None else str(self._store.directory))
+                             + (" (last save failed)" if self._store_failing else "")),
             "frames processed": str(self.frames_processed),
             "out-of-memory retries": str(engine.oom_retries if engine is not None else 0),
         }

@@ -8,6 +8,7 @@ import pytest
 
 rclpy = pytest.importorskip("rclpy")
 
+from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
 from geometry_msgs.msg import Point32, PolygonStamped  # noqa: E402
 from sensor_msgs.msg import RegionOfInterest  # noqa: E402
 
@@ -253,5 +254,13 @@ def test_an_unwritable_store_warns_once_and_the_node_keeps_working(tiny_checkpoi
         assert client.set_params(name, prompts=["bowl"])[0].successful
         wait_for(lambda: "active prompts: ['bowl']" in proc.log(), 10, what="the last change to apply")
         assert proc.log().count("not saved") == 1, proc.log()
+        diagnostics = client.collect(DiagnosticArray, "/diagnostics")
+
+        def store_value():
+            for array in list(diagnostics):
+                for status in array.status:
+                    if status.name == f"{name}: model":
+                        return {kv.key: kv.value for kv in status.values}["prompt store"]
+        assert wait_for(store_value, 10, what="diagnostics").endswith("store (last save failed)")
     finally:
         assert_clean_exit(proc, proc.stop())
