@@ -137,16 +137,19 @@ def label_from_masks(masks: np.ndarray, threshold: float | Sequence[float]) -> n
             cv2.max(best, masks[k], dst=best)
             label = _relabel(label, better, k)
         return cv2.bitwise_and(label, at_least(best, levels[0]))
-    # Per-prompt thresholds: a candidate plane is mask + 1 where the mask reaches its level, 0
-    # elsewhere (uint16, so a passing 0 stays distinguishable from "not passing").
-    best = np.zeros(masks.shape[1:], np.uint16)
+    # Per-prompt thresholds: each prompt competes with its mask where it reaches its own level
+    # and 0 elsewhere. A passing value of 0 (only possible at threshold 0, level 0) cannot beat
+    # the initial 0: such pixels are given to the first level-0 prompt afterwards.
+    best = np.zeros(masks.shape[1:], np.uint8)
     label = np.zeros(masks.shape[1:], np.uint8)
     for k in range(count):
-        raised = cv2.add(masks[k].astype(np.uint16), 1)
-        candidate = cv2.bitwise_and(raised, raised, mask=at_least(masks[k], levels[k]))
+        candidate = masks[k] if levels[k] == 0 else cv2.bitwise_and(masks[k], at_least(masks[k], levels[k]))
         better = cv2.compare(candidate, best, cv2.CMP_GT)
         cv2.max(best, candidate, dst=best)
         label = _relabel(label, better, k)
+    if 0 in levels:
+        first = min(levels.index(0) + 1, MAX_LABELS)
+        label[label == 0] = first
     return label
 
 
