@@ -384,8 +384,25 @@ class ClipSegNode(LifecycleNode):
         except PromptError as exc:
             self.log.warning(f"prompt_image:{problem_kind(str(exc))}", f"~/prompt_image '{name}' refused: {exc}")
 
-    def _on_set_prompts(self, request: SetPrompts.Request, response: SetPrompts.Response) -> SetPrompts.Response:
+    def _serve(self, service: str, response, change, report):
+        """One prompt service call: ``change()`` commits and returns (state, message), or raises
+        PromptError (refused: logged, nothing changed); ``report(response, state)`` fills in
+        what is active either way."""
         try:
+            state, response.message = change()
+            response.success = True
+        except PromptError as exc:
+            self.get_logger().warning(f"{service} refused: {exc}")
+            response.success, response.message, state = False, str(exc), self.prompts.state
+        report(response, state)
+        return response
+
+    @staticmethod
+    def _report_names(response, state: PromptState) -> None:
+        response.active_prompts = list(state.names)
+
+    def _on_set_prompts(self, request: SetPrompts.Request, response: SetPrompts.Response) -> SetPrompts.Response:
+        def change():
             texts = texts_from_request(request.prompts)
             names = image_names_from_request(request.image_prompt_names, len(request.image_prompts))
             self.prompts.check(PromptChange(texts=texts, images=tuple(ImagePrompt(n) for n in names)))
@@ -393,16 +410,9 @@ class ClipSegNode(LifecycleNode):
                                                  self.settings.visual_prompt_style)
             images = tuple(self._embedded(example) for example in examples)
             state = self._commit_prompts(PromptChange(texts=texts, images=images))
-        except PromptError as exc:
-            self.get_logger().warning(f"~/set_prompts refused: {exc}")
-            response.success, response.message = False, str(exc)
-            response.active_prompts = list(self.prompts.state.names)
-            return response
-        response.success = True
-        response.active_prompts = list(state.names)
-        response.message = f"{len(state.names)} prompts active"
-        response.prompt_images = [prompt_image_msg(e.name, e.example) for e in examples]
-        return response
+            response.prompt_images = [prompt_image_msg(e.name, e.example) for e in examples]
+            return state, f"{len(state.names)} prompts active"
+        return self._serve("~/set_prompts", response, change, self._report_names)
 
     # ------------------------------------------------------------------ teaching by showing
     def _camera_for(self, selector: str) -> Camera:
@@ -458,19 +468,13 @@ class ClipSegNode(LifecycleNode):
             if box is None and mask is None:
                 raise PromptError(f"'{request.name.strip()}': no region (give a box, a mask or both)")
             return box, mask
-        try:
+
+        def change():
             state, taught = self._teach(request.camera, request.name, region, request.text, request.text_weight,
                                         request.style)
-        except PromptError as exc:
-            self.get_logger().warning(f"~/teach refused: {exc}")
-            response.success, response.message = False, str(exc)
-            response.active_prompts = list(self.prompts.state.names)
-            return response
-        response.success = True
-        response.message = f"'{taught.name}' taught; {len(state.names)} prompts active"
-        response.active_prompts = list(state.names)
-        response.prompt_image = prompt_image_msg(taught.name, taught.example)
-        return response
+            response.prompt_image = prompt_image_msg(taught.name, taught.example)
+            return state, f"'{taught.name}' taught; {len(state.names)} prompts active"
+        return self._serve("~/teach", response, change, self._report_names)
 
     def _on_teach_region(self, msg: PolygonStamped) -> None:
         """A region drawn on a camera image (pixels; frame_id selects the camera), taught under
@@ -486,18 +490,14 @@ class ClipSegNode(LifecycleNode):
 
     def _on_set_thresholds(self, request: SetThresholds.Request,
                            response: SetThresholds.Response) -> SetThresholds.Response:
-        try:
-            updates = thresholds_from_request(request.prompts, request.thresholds)
-            state = self._commit_prompts(PromptChange(added_thresholds=updates))
-        except PromptError as exc:
-            self.get_logger().warning(f"~/set_thresholds refused: {exc}")
-            response.success, response.message = False, str(exc)
-            response.thresholds = thresholds_to_parameter(self.prompts.state.thresholds)
-            return response
-        response.success = True
-        response.thresholds = thresholds_to_parameter(state.thresholds)
-        response.message = f"{len(state.thresholds)} prompts have their own threshold"
-        return response
+        def change():
+            state = self._commit_prompts(PromptChange(
+                added_thresholds=thresholds_from_request(request.prompts, request.thresholds)))
+            return state, f"{len(state.thresholds)} prompts have their own threshold"
+
+        def report(response, state):
+            response.thresholds = thresholds_to_parameter(state.thresholds)
+        return self._serve("~/set_thresholds", response, change, report)
 
     # ------------------------------------------------------------------ cameras
     def _on_image(self, cam: Camera, msg) -> None:
