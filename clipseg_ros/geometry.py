@@ -137,23 +137,31 @@ class MaskedCloud:
         return int(self.xyz.shape[0])
 
 
-def masked_cloud(depth_m: np.ndarray, label: np.ndarray, scores: np.ndarray, camera: PinholeCamera,
+def masked_cloud(depth_m: np.ndarray, label: np.ndarray, masks: np.ndarray, camera: PinholeCamera,
                  labels: Sequence[int], stride: int = 1, max_points: int = 0) -> MaskedCloud:
-    """The points of pixels whose ``label`` ((H, W) on the depth grid) is one of ``labels``,
-    with valid depth, on every ``stride``-th row and column; ``scores`` (H, W) float32 gives each
-    point's probability. More than ``max_points`` (0 = no cap) are thinned evenly (every n-th)."""
+    """The points of depth pixels whose label is one of ``labels``, with valid depth, on every
+    ``stride``-th row and column of the depth image. ``label`` (h, w) and ``masks`` (N, h, w)
+    uint8 are on the mask grid (the same view as the depth image, any resolution: each depth
+    pixel takes the nearest grid pixel); a point's score is its prompt's probability there. More
+    than ``max_points`` (0 = no cap) are thinned evenly (every n-th)."""
+    dh, dw = depth_m.shape
+    gh, gw = label.shape
     step = max(1, int(stride))
-    sub_label = label[::step, ::step]
-    wanted = np.isin(sub_label, np.asarray(labels, sub_label.dtype)) if len(labels) else np.zeros_like(sub_label, bool)
+    rows, cols = np.arange(0, dh, step), np.arange(0, dw, step)
+    grid_rows = np.minimum(((rows + 0.5) * gh / dh).astype(np.int64), gh - 1)
+    grid_cols = np.minimum(((cols + 0.5) * gw / dw).astype(np.int64), gw - 1)
+    sub_label = label[np.ix_(grid_rows, grid_cols)]
+    wanted = np.isin(sub_label, np.asarray(list(labels), np.int64))
     vs, us = np.nonzero(wanted)
-    zs = depth_m[::step, ::step][vs, us]
+    zs = depth_m[rows[vs], cols[us]]
     valid = np.isfinite(zs)
     vs, us, zs = vs[valid], us[valid], zs[valid]
     if max_points and vs.size > max_points:
         pick = np.linspace(0, vs.size - 1, max_points).round().astype(np.int64)
         vs, us, zs = vs[pick], us[pick], zs[pick]
-    xyz = camera.points(us * step, vs * step, zs)
-    return MaskedCloud(xyz, sub_label[vs, us].astype(np.uint16), scores[::step, ::step][vs, us].astype(np.float32))
+    point_label = sub_label[vs, us].astype(np.uint16)
+    score = masks[point_label.astype(np.int64) - 1, grid_rows[vs], grid_cols[us]].astype(np.float32) / np.float32(255)
+    return MaskedCloud(camera.points(cols[us], rows[vs], zs), point_label, score)
 
 
 def nearest_stamp(stamps: Sequence[float], target: float, slop: float) -> int | None:

@@ -7,16 +7,19 @@ the tools build their messages here and nowhere else.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
 from clipseg_ros_interfaces.msg import Confidences, PromptConfidence, Segmentation
-from sensor_msgs.msg import Image, RegionOfInterest
+from sensor_msgs.msg import Image, PointCloud2, RegionOfInterest
+from visualization_msgs.msg import MarkerArray
 
 from clipseg_ros.conversions import cv2_to_imgmsg
 from clipseg_ros.overlay import render_overlay
 from clipseg_ros.postprocess import PromptStats, SegmentationResult
+from clipseg_ros.scene import Scene
+from clipseg_ros.spatial_messages import best_position_msg, cloud_msg, depth_header, marker_array, object_msgs
 
 
 @dataclass(frozen=True)
@@ -27,9 +30,11 @@ class OutputOptions:
     label: bool = True
     overlay: bool = True
     overlay_alpha: float = 0.5
+    markers: bool = True
+    positions: bool = True
 
 
-@dataclass(frozen=True)
+@dataclass
 class OutputMessages:
     """Everything published for one frame; ``label``/``overlay`` are None when not wanted."""
 
@@ -37,23 +42,44 @@ class OutputMessages:
     confidences: Confidences
     label: Image | None
     overlay: Image | None
+    # 3D, only with a paired depth image: markers, each prompt's best position, the clouds
+    markers: MarkerArray | None = None
+    positions: dict = field(default_factory=dict)  # prompt -> PointStamped
+    cloud: PointCloud2 | None = None
+    obstacle_cloud: PointCloud2 | None = None
 
 
 def build_outputs(result: SegmentationResult, image_rgb: np.ndarray, header,
-                  options: OutputOptions = OutputOptions()) -> OutputMessages:
+                  options: OutputOptions = OutputOptions(), scene: Scene | None = None) -> OutputMessages:
     """The messages for one frame: ``header`` is the input image's, ``image_rgb`` (H, W, 3) uint8
-    the frame the overlay is drawn on."""
+    the frame the overlay is drawn on; ``scene`` its objects (and 3D, when it had depth)."""
     label = label_msg(result, header)
     overlay = None
     if options.overlay:
         bgr = render_overlay(cv2.cvtColor(image_rgb, cv2.COLOR_RGB2BGR), result.label, result.prompts,
                              alpha=options.overlay_alpha, scores=[s.max_score for s in result.stats])
         overlay = cv2_to_imgmsg(bgr, "bgr8", header)
-    return OutputMessages(
-        segmentation=segmentation_msg(result, header, include_masks=options.include_masks, label=label),
-        confidences=confidences_msg(result, header),
-        label=label if options.label else None,
-        overlay=overlay)
+    segmentation = segmentation_msg(result, header, include_masks=options.include_masks, label=label)
+    confidences = confidences_msg(result, header)
+    out = OutputMessages(segmentation=segmentation, confidences=confidences,
+                         label=label if options.label else None, overlay=overlay)
+    if scene is None:
+        return out
+    objects, where = object_msgs(scene), depth_header(scene)
+    for msg in (segmentation, confidences):
+        msg.objects, msg.depth_header = objects, where
+    if scene.depth is None:
+        return out
+    if options.markers:
+        out.markers = marker_array(scene, list(result.prompts), where)
+    if options.positions:
+        out.positions = {result.prompts[k]: best_position_msg(best, where)
+                         for k in range(len(result.prompts)) if (best := scene.best(k)) is not None}
+    if scene.cloud is not None:
+        out.cloud = cloud_msg(scene.cloud, where)
+    if scene.obstacle_cloud is not None:
+        out.obstacle_cloud = cloud_msg(scene.obstacle_cloud, where, xyz_only=True)
+    return out
 
 
 def prompt_confidence(stats: PromptStats) -> PromptConfidence:

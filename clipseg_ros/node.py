@@ -40,7 +40,9 @@ from clipseg_ros.cameras import CameraSpec, Frame, FrameSlots, FrameWorker, came
 from clipseg_ros.conversions import ImageConversionError, check_image_layout, check_image_size, read_rgb8
 from clipseg_ros.device import (OUT_OF_MEMORY_ERRORS, check_device_name, dtype_name, resolve_device,
                                 set_num_threads)
+from clipseg_ros.depth_inputs import DepthInput
 from clipseg_ros.engine import ModelLoadError, SegmentationEngine
+from clipseg_ros.geometry import DepthError
 from clipseg_ros.messages import build_outputs
 from clipseg_ros.outputs import OutputPublishers, PublishGate
 from clipseg_ros.prompt_requests import (ExampleRequest, alpha_mask, box_from_roi, example_request,
@@ -51,6 +53,7 @@ from clipseg_ros.prompts import (ImagePrompt, PromptBook, PromptChange, PromptEr
                                  image_names_from_request, stored_prompts, texts_from_parameter,
                                  texts_from_request, texts_from_topic, thresholds_from_parameter,
                                  thresholds_to_parameter, tidy_texts)
+from clipseg_ros.scene import DepthFrame, build_scene
 from clipseg_ros.settings import NodeSettings, parameter_specs
 from clipseg_ros.spinner import BackgroundSpinner
 from clipseg_ros.throttled_log import ThrottledLog, problem_kind
@@ -72,6 +75,7 @@ class Camera:
     stats: diagnostics.StreamStats
     publishers: OutputPublishers
     latest: object = None  # the newest frame that passed the arrival checks (for ~/teach)
+    depth: DepthInput | None = None  # subscribed while active, when the camera has a depth topic
 
 
 class ClipSegNode(LifecycleNode):
@@ -148,7 +152,8 @@ class ClipSegNode(LifecycleNode):
         self.engine = engine
         specs = camera_specs(s.image_topics, s.camera_names, resolve=self.resolve_topic_name)
         self.cameras = [Camera(spec, diagnostics.StreamStats(spec.resolved_topic, time.monotonic()),
-                               OutputPublishers(self, spec.prefix)) for spec in specs]
+                               OutputPublishers(self, spec.prefix, spatial=s.depth_topic_of(spec.index) is not None))
+                        for spec in specs]
         self._prompt_topic = self.create_subscription(String, "~/prompts", self._on_prompts_topic, 10)
         self._thresholds_service = self.create_service(SetThresholds, "~/set_thresholds", self._on_set_thresholds)
         self._start_prompt_image_interfaces()
@@ -213,8 +218,12 @@ class ClipSegNode(LifecycleNode):
             msg_type = CompressedImage if cam.spec.compressed else Image
             self._camera_subscriptions.append(self.create_subscription(
                 msg_type, cam.spec.resolved_topic, lambda m, c=cam: self._on_image(c, m), qos))
+            topics = self.settings.depth_topic_of(cam.spec.index)
+            if topics is not None:
+                cam.depth = DepthInput(self, *topics, qos)
             cam.stats.since = now
-        cams = ", ".join(f"{c.spec.resolved_topic}{' (compressed)' if c.spec.compressed else ''} -> "
+        cams = ", ".join(f"{c.spec.resolved_topic}{' (compressed)' if c.spec.compressed else ''}"
+                         f"{f' + depth {c.depth.depth_topic}' if c.depth is not None else ''} -> "
                          f"{self.resolve_topic_name(c.spec.prefix + 'segmentation')}" for c in self.cameras)
         self.get_logger().info(f"segmenting {cams} at {self.settings.rate} Hz; prompts: "
                                f"{list(self.prompts.state.names)}")
@@ -249,6 +258,10 @@ class ClipSegNode(LifecycleNode):
         for sub in self._camera_subscriptions:
             self.destroy_subscription(sub)
         self._camera_subscriptions = []
+        for cam in self.cameras:
+            if cam.depth is not None:
+                cam.depth.destroy(self)
+                cam.depth = None
         if self._worker is not None and not self._worker.stop(join_timeout):
             self.get_logger().warning(f"inference is still finishing a frame after {join_timeout:g} s: its result "
                                       "will not be published, and the next activate waits for it")
@@ -563,10 +576,29 @@ class ClipSegNode(LifecycleNode):
             self.log.warning("oom", "out of GPU memory: freed the cache and retried in smaller batches (fewer "
                              "prompts, fewer cameras or dtype float16 would avoid it)")
         for (cam, frame, rgb), result in zip(taken, results):
-            if self._publish(cam, build_outputs(result, rgb, frame.message.header, settings.output_options)):
+            scene = build_scene(result, self._depth_for(cam, frame.message.header.stamp, rgb.shape[:2], settings),
+                                settings.scene_options)
+            if scene.all_depth_invalid:
+                self.log.warning(f"{cam.spec.name}:depth:invalid", f"{cam.spec.name}: the paired depth image has no "
+                                 "valid pixel (all 0, NaN or inf): objects have no 3D position")
+            outputs = build_outputs(result, rgb, frame.message.header, settings.output_options, scene)
+            if self._publish(cam, outputs):
                 now = time.monotonic()
                 cam.stats.on_published(now, result.timings_ms.get("total", 0.0), (now - frame.received_at) * 1e3)
         self.frames_processed += len(results)
+
+    def _depth_for(self, cam: Camera, stamp, colour_size, settings: NodeSettings) -> DepthFrame | None:
+        """The depth image paired with a colour frame, or None (without depth configured, or
+        with one throttled warning saying why it cannot be used: 2D outputs go out anyway)."""
+        depth = cam.depth
+        if depth is None:
+            return None
+        try:
+            return depth.depth_frame(stamp, settings.depth_slop, colour_size)
+        except DepthError as exc:
+            self.log.warning(f"{cam.spec.name}:depth:{problem_kind(str(exc))}",
+                             f"{cam.spec.name}: no 3D for this frame: {exc}")
+            return None
 
     def _publish(self, cam: Camera, outputs) -> bool:
         try:

@@ -16,7 +16,9 @@ from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescri
 from clipseg_ros.device import check_device_name, resolve_dtype, resolve_device
 from clipseg_ros.engine import DEFAULT_MODEL
 from clipseg_ros.messages import OutputOptions
+from clipseg_ros.depth_inputs import camera_info_topic
 from clipseg_ros.postprocess import MAX_LABELS
+from clipseg_ros.scene import SceneOptions
 from clipseg_ros.visual_prompts import DEFAULT_STYLE, STYLES
 
 INPUT_QOS = ("sensor_data", "reliable", "system_default")
@@ -76,6 +78,31 @@ def parameter_specs() -> list[tuple[str, object, ParameterDescriptor]]:
         ("input_timeout", 2.0, desc("diagnostics WARN when a camera sends nothing for this many seconds", D,
                                     floating_point_range=[FloatingPointRange(from_value=0.1, to_value=3600.0,
                                                                              step=0.0)])),
+        ("depth_topics", None, desc("aligned depth image per camera (16UC1 mm or 32FC1 m, registered to the colour "
+                                    "image); '' = none for that camera; empty = no 3D", SA, True)),
+        ("camera_info_topics", None, desc("CameraInfo of each depth image; '' or empty = <depth topic's "
+                                          "namespace>/camera_info", SA, True)),
+        ("depth_slop", 0.05, desc("s: a depth image pairs with a colour frame of the same stamp, else the nearest "
+                                  "within this", D, floating_point_range=[FloatingPointRange(from_value=0.0,
+                                                                                             to_value=10.0, step=0.0)])),
+        ("depth_band", 0.3, desc("m: an object's points further than this from its median depth are background",
+                                 D, floating_point_range=[FloatingPointRange(from_value=0.001, to_value=100.0,
+                                                                             step=0.0)])),
+        ("min_object_area", 64.0, desc("input pixels: smaller connected regions are not objects", D,
+                                       floating_point_range=[FloatingPointRange(from_value=0.0, to_value=1e9,
+                                                                                step=0.0)])),
+        ("max_objects", 16, desc("most objects kept per prompt (best first)", I,
+                                 integer_range=[IntegerRange(from_value=1, to_value=1000, step=1)])),
+        ("publish_markers", True, desc("~/markers: a box and label per 3D object (with depth)", B)),
+        ("publish_positions", True, desc("~/position/<prompt>: each prompt's best object's position (with depth)", B)),
+        ("publish_cloud", False, desc("~/cloud: x, y, z, score, label of the cloud_prompts' pixels (with depth)", B)),
+        ("cloud_prompts", None, desc("prompts in ~/cloud; empty = all", SA)),
+        ("obstacle_prompts", None, desc("prompts whose pixels go into ~/obstacle_cloud (x, y, z, for Nav2's "
+                                        "obstacle/voxel layers); empty = no obstacle cloud", SA)),
+        ("cloud_stride", 4, desc("take every n-th depth row and column for the clouds", I,
+                                 integer_range=[IntegerRange(from_value=1, to_value=64, step=1)])),
+        ("cloud_max_points", 50000, desc("most points per cloud (thinned evenly beyond)", I,
+                                         integer_range=[IntegerRange(from_value=1, to_value=10_000_000, step=1)])),
         ("max_latency", 3.0, desc("diagnostics WARN when latency p95 (receipt to publish, s) exceeds this, "
                                   "ERROR above twice it", D,
                                   floating_point_range=[FloatingPointRange(from_value=0.01, to_value=3600.0,
@@ -112,6 +139,19 @@ class NodeSettings:
     visual_prompt_style: str
     teach_name: str
     teach_point_size: int
+    depth_topics: tuple[str, ...]
+    camera_info_topics: tuple[str, ...]
+    depth_slop: float
+    depth_band: float
+    min_object_area: float
+    max_objects: int
+    publish_markers: bool
+    publish_positions: bool
+    publish_cloud: bool
+    cloud_prompts: tuple[str, ...]
+    obstacle_prompts: tuple[str, ...]
+    cloud_stride: int
+    cloud_max_points: int
 
     @classmethod
     def from_values(cls, values: Mapping[str, object]) -> "NodeSettings":
@@ -142,6 +182,13 @@ class NodeSettings:
             "mask_resolution": lambda: _one_of("mask_resolution", self.mask_resolution, MASK_RESOLUTIONS),
             "visual_prompt_style": lambda: _one_of("visual_prompt_style", self.visual_prompt_style, tuple(STYLES)),
             "image_topics": lambda: _require(bool(self.image_topics), "image_topics is empty"),
+            "depth_topics": lambda: _require(
+                not self.depth_topics or len(self.depth_topics) == len(self.image_topics),
+                f"depth_topics has {len(self.depth_topics)} entries for {len(self.image_topics)} image_topics"),
+            "camera_info_topics": lambda: _require(
+                not self.camera_info_topics or len(self.camera_info_topics) == len(self.image_topics),
+                f"camera_info_topics has {len(self.camera_info_topics)} entries for {len(self.image_topics)} "
+                "image_topics"),
             "camera_names": lambda: _require(
                 not self.camera_names or len(self.camera_names) == len(self.image_topics),
                 f"camera_names has {len(self.camera_names)} entries for {len(self.image_topics)} image_topics"),
@@ -159,7 +206,23 @@ class NodeSettings:
     @property
     def output_options(self) -> OutputOptions:
         return OutputOptions(include_masks=self.publish_masks, label=self.publish_label,
-                             overlay=self.publish_overlay, overlay_alpha=self.overlay_alpha)
+                             overlay=self.publish_overlay, overlay_alpha=self.overlay_alpha,
+                             markers=self.publish_markers, positions=self.publish_positions)
+
+    @property
+    def scene_options(self) -> SceneOptions:
+        return SceneOptions(min_object_area=self.min_object_area, max_objects=self.max_objects,
+                            depth_band=self.depth_band, cloud=self.publish_cloud, cloud_prompts=self.cloud_prompts,
+                            obstacle_prompts=self.obstacle_prompts, cloud_stride=self.cloud_stride,
+                            cloud_max_points=self.cloud_max_points)
+
+    def depth_topic_of(self, camera: int) -> tuple[str, str] | None:
+        """(depth topic, CameraInfo topic) of camera ``camera``; None without depth."""
+        depth = self.depth_topics[camera].strip() if self.depth_topics else ""
+        if not depth:
+            return None
+        info = self.camera_info_topics[camera].strip() if self.camera_info_topics else ""
+        return depth, info or camera_info_topic(depth)
 
 
 def _frozen(value):

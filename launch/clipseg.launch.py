@@ -15,6 +15,7 @@ from launch_ros.actions import Node
 ARGUMENTS = {
     "image": ("image", "camera topic remapped onto the node's 'image' input (ending in /compressed: CompressedImage)"),
     "prompts": ("", "text prompts separated by ';' (empty: from params_file)"),
+    "depth": ("", "aligned depth image topic of the camera (16UC1 mm or 32FC1 m); empty: no 3D outputs"),
     "prompt_store": ("", "directory that keeps the active prompts across restarts (empty: none)"),
     "model": ("CIDAS/clipseg-rd64-refined", "hub id or local checkpoint directory"),
     "device": ("auto", "auto | cpu | cuda | cuda:<index>"),
@@ -35,6 +36,8 @@ def _node(context):
     prompts = [p.strip() for p in arg("prompts").split(";") if p.strip()]
     if prompts:
         overrides["prompts"] = prompts
+    if arg("depth"):
+        overrides["depth_topics"] = [arg("depth")]
     if arg("prompt_store"):
         overrides["prompt_store"] = arg("prompt_store")
     return [Node(package="clipseg_ros", executable="clipseg_node", name="clipseg", namespace=arg("namespace"),

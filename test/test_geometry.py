@@ -87,19 +87,24 @@ def test_camera_info_and_views():
     assert small.shape == (60, 80) and small[5:20, 10:30].all() and small.sum() == 300
 
 
-def test_masked_cloud_stride_cap_and_labels():
+def test_masked_cloud_stride_cap_labels_and_scores():
     depth = depth_in_metres(scene_mm(), "16UC1")
     label = np.zeros((H, W), np.uint8)
     label[A], label[B] = 1, 2
-    scores = np.full((H, W), 0.5, np.float32)
-    cloud = masked_cloud(depth, label, scores, CAM, labels=[1])
-    assert len(cloud) == 1200 and set(cloud.label.tolist()) == {1}
+    masks = np.zeros((2, H, W), np.uint8)
+    masks[0][A], masks[1][B] = 255, 51
+    cloud = masked_cloud(depth, label, masks, CAM, labels=[1])
+    assert len(cloud) == 1200 and set(cloud.label.tolist()) == {1} and (cloud.score == 1.0).all()
     assert np.allclose(cloud.xyz[:, 2], 1.0) and cloud.xyz[:, 0].min() == pytest.approx((20 - 79.5) / 200)
-    both = masked_cloud(depth, label, scores, CAM, labels=[1, 2], stride=2)
+    both = masked_cloud(depth, label, masks, CAM, labels=[1, 2], stride=2)
     assert len(both) == 300 + 400 and set(both.label.tolist()) == {1, 2}
-    capped = masked_cloud(depth, label, scores, CAM, labels=[1, 2], max_points=100)
+    assert set(both.score[both.label == 2].tolist()) == {np.float32(0.2)}
+    capped = masked_cloud(depth, label, masks, CAM, labels=[1, 2], max_points=100)
     assert len(capped) == 100 and set(capped.label.tolist()) == {1, 2}
-    assert len(masked_cloud(depth, label, scores, CAM, labels=[])) == 0
+    assert len(masked_cloud(depth, label, masks, CAM, labels=[])) == 0
+    # masks on a coarser grid (e.g. 352x352 model output, here 60x80): the nearest grid pixel
+    coarse = masked_cloud(depth, label[::2, ::2], masks[:, ::2, ::2], CAM, labels=[1])
+    assert len(coarse) == 1200 and np.allclose(coarse.xyz[:, 2], 1.0)
 
 
 def test_depth_pairing_by_stamp():

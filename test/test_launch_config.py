@@ -14,7 +14,7 @@ from clipseg_ros.settings import parameter_specs
 
 ROOT = Path(__file__).resolve().parents[1]
 DECLARED = {name: default for name, default, _ in parameter_specs()}
-LAUNCH_ONLY = {"image", "params_file", "namespace", "rviz"}  # remap, file, namespace, extra process
+LAUNCH_ONLY = {"image", "depth", "params_file", "namespace", "rviz"}  # remap, file, namespace, extra process
 
 
 def launch_arguments():

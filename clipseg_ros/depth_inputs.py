@@ -1,0 +1,83 @@
+"""A camera's depth input: the aligned depth image and its CameraInfo, paired with colour frames.
+
+The ROS side of 3D: it keeps the recent depth images of one camera by stamp and the newest
+CameraInfo, and turns the depth image that pairs with a colour frame into a
+:class:`clipseg_ros.scene.DepthFrame` (or a :class:`clipseg_ros.geometry.DepthError` saying why
+it cannot be used). Pairing needs no message_filters: exact stamp, else the nearest within
+``depth_slop``.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+from sensor_msgs.msg import CameraInfo, Image
+
+from clipseg_ros.conversions import ImageConversionError, imgmsg_to_numpy
+from clipseg_ros.geometry import DepthError, PinholeCamera, check_same_view, depth_in_metres, nearest_stamp
+from clipseg_ros.scene import DepthFrame
+
+
+def stamp_seconds(stamp) -> float:
+    return stamp.sec + stamp.nanosec * 1e-9
+
+
+def camera_info_topic(depth_topic: str) -> str:
+    """The CameraInfo beside a depth image topic: '/cam/aligned_depth_to_color/image_raw' ->
+    '/cam/aligned_depth_to_color/camera_info' (the image_transport convention)."""
+    head, _, _ = depth_topic.rstrip("/").rpartition("/")
+    return f"{head}/camera_info" if head else "camera_info"
+
+
+class DepthInput:
+    """Subscriptions to one camera's depth image and CameraInfo; the last ``keep`` depth images."""
+
+    def __init__(self, node, depth_topic: str, info_topic: str, qos, keep: int = 30):
+        self.depth_topic, self.info_topic = depth_topic, info_topic
+        self._frames: deque = deque(maxlen=keep)  # (stamp in s, Image), appended by the executor
+        self.info: CameraInfo | None = None
+        self._subscriptions = [node.create_subscription(Image, depth_topic, self._on_depth, qos),
+                               node.create_subscription(CameraInfo, info_topic, self._on_info, qos)]
+
+    def _on_depth(self, msg: Image) -> None:
+        self._frames.append((stamp_seconds(msg.header.stamp), msg))
+
+    def _on_info(self, msg: CameraInfo) -> None:
+        self.info = msg
+
+    def destroy(self, node) -> None:
+        for sub in self._subscriptions:
+            node.destroy_subscription(sub)
+        self._subscriptions = []
+
+    def paired(self, stamp, slop: float) -> Image:
+        """The depth image for a colour frame stamped ``stamp``; DepthError when none is within
+        ``slop`` seconds (saying how far the nearest is)."""
+        frames = list(self._frames)  # a copy: the executor appends meanwhile
+        if not frames:
+            raise DepthError(f"no depth image on {self.depth_topic} yet")
+        target = stamp_seconds(stamp)
+        index = nearest_stamp([s for s, _ in frames], target, slop)
+        if index is None:
+            gap = min(abs(s - target) for s, _ in frames)
+            raise DepthError(f"no depth image within depth_slop={slop:g} s of the frame (nearest {gap * 1e3:.0f} ms "
+                             "away): depth and colour out of sync")
+        return frames[index][1]
+
+    def depth_frame(self, stamp, slop: float, colour_size: tuple[int, int]) -> DepthFrame:
+        """The paired depth image as a :class:`DepthFrame`; DepthError saying why it cannot be used."""
+        msg = self.paired(stamp, slop)
+        info = self.info
+        if info is None:
+            raise DepthError(f"no CameraInfo on {self.info_topic} yet: 3D needs the depth image's intrinsics")
+        if (info.width, info.height) != (msg.width, msg.height):
+            raise DepthError(f"CameraInfo on {self.info_topic} is for {info.width}x{info.height} but the depth "
+                             f"image is {msg.width}x{msg.height}")
+        camera = PinholeCamera.from_k(info.k, info.width, info.height)
+        check_same_view(colour_size, (msg.height, msg.width))
+        try:
+            raw = imgmsg_to_numpy(msg)
+        except ImageConversionError as exc:
+            raise DepthError(f"depth image: {exc}") from exc
+        return DepthFrame(depth_in_metres(raw, msg.encoding), camera, msg.header.frame_id,
+                          (int(msg.header.stamp.sec), int(msg.header.stamp.nanosec)))
