@@ -109,6 +109,12 @@ def locate(depth_m: np.ndarray, pixels: np.ndarray, camera: PinholeCamera, depth
     ``depth_m`` ((H, W) metres, NaN invalid): the points whose depth is within ``depth_band``
     of the median valid depth (rejecting background seen through or beside the object)."""
     vs, us = np.nonzero(pixels)
+    return locate_pixels(depth_m, vs, us, camera, depth_band)
+
+
+def locate_pixels(depth_m: np.ndarray, vs: np.ndarray, us: np.ndarray, camera: PinholeCamera,
+                  depth_band: float) -> Position3D:
+    """:func:`locate` for the object's pixel rows ``vs`` and columns ``us``."""
     if vs.size == 0:
         return NO_POSITION
     zs = depth_m[vs, us]

@@ -41,7 +41,7 @@ def test_min_area_max_objects_and_per_prompt_thresholds():
     assert [o.bbox for o in objs.objects] == [(0, 0, 2, 2), (10, 10, 5, 5)]
     (objs,) = find_objects(m[None], ["x"], [0.3], (40, 60), max_objects=1)
     assert [o.bbox for o in objs.objects] == [(0, 0, 2, 2)]
-    assert objs.components.max() == objs.objects[0].component and (objs.components > 0).sum() == 4
+    assert objs.pixels(objs.objects[0]).sum() == 4
     a, b = find_objects(np.stack([m, m]), ["a", "b"], [0.3, 0.99], (40, 60))
     assert len(a.objects) == 3 and b.objects == ()
 
