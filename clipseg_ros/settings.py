@@ -182,16 +182,8 @@ class NodeSettings:
             "mask_resolution": lambda: _one_of("mask_resolution", self.mask_resolution, MASK_RESOLUTIONS),
             "visual_prompt_style": lambda: _one_of("visual_prompt_style", self.visual_prompt_style, tuple(STYLES)),
             "image_topics": lambda: _require(bool(self.image_topics), "image_topics is empty"),
-            "depth_topics": lambda: _require(
-                not self.depth_topics or len(self.depth_topics) == len(self.image_topics),
-                f"depth_topics has {len(self.depth_topics)} entries for {len(self.image_topics)} image_topics"),
-            "camera_info_topics": lambda: _require(
-                not self.camera_info_topics or len(self.camera_info_topics) == len(self.image_topics),
-                f"camera_info_topics has {len(self.camera_info_topics)} entries for {len(self.image_topics)} "
-                "image_topics"),
-            "camera_names": lambda: _require(
-                not self.camera_names or len(self.camera_names) == len(self.image_topics),
-                f"camera_names has {len(self.camera_names)} entries for {len(self.image_topics)} image_topics"),
+            **{name: (lambda name=name: self._one_per_camera(name))
+               for name in ("camera_names", "depth_topics", "camera_info_topics")},
         }
         found = []
         for name, check in checks.items():
@@ -202,6 +194,12 @@ class NodeSettings:
             except ValueError as exc:
                 found.append(str(exc))
         return found
+
+    def _one_per_camera(self, name: str) -> None:
+        """A per-camera list is empty (the default for all) or has one entry per image topic."""
+        values = getattr(self, name)
+        _require(not values or len(values) == len(self.image_topics),
+                 f"{name} has {len(values)} entries for {len(self.image_topics)} image_topics")
 
     @property
     def output_options(self) -> OutputOptions:

@@ -52,7 +52,7 @@ def test_launch_and_config_are_installed():
     assert "launch/*.launch.py" in setup and "config/*.yaml" in setup and "config/*.rviz" in setup
     rviz = yaml.safe_load((ROOT / "config" / "clipseg.rviz").read_text())
     topics = [d["Topic"]["Value"] for d in rviz["Visualization Manager"]["Displays"]]
-    assert topics == ["/clipseg/overlay", "/clipseg/label"]
+    assert topics == ["/clipseg/overlay", "/clipseg/label", "/clipseg/markers", "/clipseg/cloud"]
 
 
 def test_launch_description_builds_where_launch_is_installed():
@@ -63,3 +63,18 @@ def test_launch_description_builds_where_launch_is_installed():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     assert module.generate_launch_description().entities
+
+
+def test_per_camera_lists_are_empty_or_one_per_image_topic():
+    from clipseg_ros.settings import NodeSettings
+
+    values = {name: ([] if default is None else default) for name, default, _ in parameter_specs()}
+    values["image_topics"] = ["/front/image", "/rear/image"]
+    settings = NodeSettings.from_values(values)
+    assert settings.depth_topic_of(0) is None
+    settings = NodeSettings.from_values(dict(values, depth_topics=["/front/depth/image_raw", ""]))
+    assert settings.depth_topic_of(0) == ("/front/depth/image_raw", "/front/depth/camera_info")
+    assert settings.depth_topic_of(1) is None
+    for name in ("camera_names", "depth_topics", "camera_info_topics"):
+        with pytest.raises(ValueError, match=f"{name} has 1 entries for 2 image_topics"):
+            NodeSettings.from_values(dict(values, **{name: ["x"]}))
