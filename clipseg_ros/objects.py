@@ -8,6 +8,11 @@ threshold; regions that touch are one object; a hole inside a region is not part
 covers it, its area and centroid do not); regions smaller than ``min_area`` input pixels are
 dropped. Objects of a prompt are sorted by max score, then mean score, then area (descending),
 then by position (top, left), and at most ``max_objects`` are kept.
+
+Masks larger than :data:`OBJECT_GRID_MAX` pixels on their long side are sampled (nearest) down to
+it first: the model's own grid is 352x352, so a finer grid adds no information but costs time
+(and a noisy mask has hundreds of regions). Boxes, centroids and areas are then exact to one
+sampled pixel (3 input pixels at 1920x1080).
 """
 
 from __future__ import annotations
@@ -20,6 +25,8 @@ import cv2
 import numpy as np
 
 from clipseg_ros.postprocess import at_least, mask_level
+
+OBJECT_GRID_MAX = 640
 
 
 @dataclass(frozen=True)
@@ -35,12 +42,13 @@ class DetectedObject:
     max_score: float
     mean_score: float
     component: int  # its value in the prompt's component map (see :class:`PromptObjects`)
-    grid_bbox: tuple[int, int, int, int] = (0, 0, 0, 0)  # its box on the mask grid (x, y, width, height)
+    grid_bbox: tuple[int, int, int, int] = (0, 0, 0, 0)  # its box on the object grid (x, y, width, height)
 
 
 @dataclass(frozen=True, eq=False)
 class PromptObjects:
-    """The objects of one prompt and its component map: (h, w) int32 on the mask grid, where
+    """The objects of one prompt and its component map: (h, w) int32 on the object grid (the
+    mask grid, or a coarser one for large masks: see the module doc), where
     pixel value ``obj.component`` marks ``obj``'s pixels (0 = outside the mask; regions that
     were dropped keep their own values, which no kept object has)."""
 
@@ -48,7 +56,7 @@ class PromptObjects:
     components: np.ndarray
 
     def pixels(self, obj: DetectedObject) -> np.ndarray:
-        """(h, w) bool: ``obj``'s pixels on the mask grid."""
+        """(h, w) bool: ``obj``'s pixels on the object grid."""
         return self.components == obj.component
 
 
@@ -59,6 +67,11 @@ def find_objects(masks: np.ndarray, prompts: Sequence[str], thresholds: Sequence
     centroids and areas are scaled (a grid pixel covers (H/h) x (W/w) input pixels)."""
     in_h, in_w = int(image_size[0]), int(image_size[1])
     grid_h, grid_w = masks.shape[1:]
+    if max(grid_h, grid_w) > OBJECT_GRID_MAX:
+        scale = OBJECT_GRID_MAX / max(grid_h, grid_w)
+        grid_h, grid_w = max(1, round(grid_h * scale)), max(1, round(grid_w * scale))
+        masks = np.stack([cv2.resize(m, (grid_w, grid_h), interpolation=cv2.INTER_NEAREST) for m in masks]) \
+            if masks.shape[0] else np.zeros((0, grid_h, grid_w), np.uint8)
     sx, sy = in_w / grid_w, in_h / grid_h
     found = []
     for k in range(masks.shape[0]):
@@ -70,6 +83,8 @@ def find_objects(masks: np.ndarray, prompts: Sequence[str], thresholds: Sequence
         candidates = []
         for contour in contours:
             x, y, w, h = cv2.boundingRect(contour)
+            if w * h * sx * sy < min_area:  # its area is at most its box's: skip specks cheaply
+                continue
             c = int(components[contour[0, 0, 1], contour[0, 0, 0]])
             window = components[y:y + h, x:x + w] == c
             area = int(np.count_nonzero(window))

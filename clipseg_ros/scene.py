@@ -79,14 +79,13 @@ def build_scene(result: SegmentationResult, depth: DepthFrame | None, options: S
     if depth is None:
         return Scene(tuple(tuple(SceneObject(o, NO_POSITION) for o in p.objects) for p in found))
     dh, dw = depth.metres.shape
-    gh, gw = result.masks.shape[1:]
     all_invalid = not bool(np.isfinite(depth.metres).any())
     placed = []
     for prompt_objects in found:
-        components = prompt_objects.components
+        components = grid = prompt_objects.components
         if prompt_objects.objects and components.shape != (dh, dw):
             components = cv2.resize(components, (dw, dh), interpolation=cv2.INTER_NEAREST)
-        placed.append(tuple(SceneObject(o, _locate(depth, components, o, (gh, gw), options.depth_band))
+        placed.append(tuple(SceneObject(o, _locate(depth, components, o, grid.shape, options.depth_band))
                             for o in prompt_objects.objects))
     names = list(result.prompts)
     cloud = obstacle = None
