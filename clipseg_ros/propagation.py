@@ -1,0 +1,174 @@
+"""Masks between model frames: carried along with dense optical flow, and smoothed over time.
+
+No ROS in here. The model gives a result every second or so on a CPU; the camera runs at 30 Hz.
+:class:`MaskPropagator` warps the last model masks to each later frame of the same camera with
+OpenCV's DIS optical flow, computed on grey frames ``flow_width`` pixels wide. Flow is chained
+frame to frame (each frame's pixels are traced back to the model frame through the previous
+frame), so motion of any size between two frames adds up. :class:`TemporalSmoother` averages
+each prompt's probabilities over model frames, aligned by the flow between them.
+
+Both stop when they cannot be trusted, and say why (:class:`PropagationStopped`): no model frame
+yet, other prompts than the model frame's, another frame size, or a scene cut (the previous frame
+warped by the flow no longer looks like the current one: mean absolute grey difference above
+``max_flow_error`` of the grey range).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+PRESETS = {"ultrafast": cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST, "fast": cv2.DISOPTICAL_FLOW_PRESET_FAST,
+           "medium": cv2.DISOPTICAL_FLOW_PRESET_MEDIUM}
+
+
+class PropagationStopped(RuntimeError):
+    """Masks cannot be carried to this frame; the message says why."""
+
+
+@dataclass(frozen=True)
+class FlowOptions:
+    """``flow_width``: grey frames are resized to this width for the flow (height in proportion);
+    ``preset``: DIS preset; ``max_flow_error``: the scene-cut threshold (see the module doc)."""
+
+    flow_width: int = 320
+    preset: str = "fast"
+    max_flow_error: float = 0.12
+
+
+class FlowField:
+    """Dense flow on small grey frames: ``grey`` prepares a frame, ``back`` gives for every
+    pixel of the current frame where it was in the previous one, and how well that fits."""
+
+    def __init__(self, options: FlowOptions = FlowOptions()):
+        self.options = options
+        self._dis = cv2.DISOpticalFlow_create(PRESETS[options.preset])
+
+    def grey(self, rgb: np.ndarray) -> np.ndarray:
+        h, w = rgb.shape[:2]
+        width = min(w, self.options.flow_width)
+        height = max(1, round(h * width / w))
+        grey = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
+        return grey if (height, width) == (h, w) else cv2.resize(grey, (width, height), interpolation=cv2.INTER_AREA)
+
+    def back(self, previous: np.ndarray, current: np.ndarray) -> tuple[np.ndarray, float]:
+        """(map, error): ``map`` (h, w, 2) float32 = where each current pixel was in
+        ``previous`` (x, y); ``error`` = mean |current - previous warped by it| / 255."""
+        flow = self._dis.calc(current, previous, None)
+        h, w = current.shape
+        grid = np.dstack(np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32)))
+        where = grid + flow
+        warped = cv2.remap(previous, where, None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        error = float(cv2.mean(cv2.absdiff(warped, current))[0]) / 255.0
+        return where, error
+
+
+def warp_masks(masks: np.ndarray, where: np.ndarray) -> np.ndarray:
+    """(N, H, W) uint8 masks sampled at ``where`` ((h, w, 2) positions in flow-grid pixels of
+    the masks' frame), upsampled to the masks' own grid; outside the frame = 0."""
+    n, mh, mw = masks.shape
+    fh, fw = where.shape[:2]
+    sx, sy = mw / fw, mh / fh
+    if (fh, fw) != (mh, mw):
+        where = cv2.resize(where, (mw, mh), interpolation=cv2.INTER_LINEAR)
+    # flow-grid pixel centres -> mask-grid pixel centres
+    map_x = (where[:, :, 0] + 0.5) * np.float32(sx) - 0.5
+    map_y = (where[:, :, 1] + 0.5) * np.float32(sy) - 0.5
+    out = np.empty_like(masks)
+    for k in range(n):
+        cv2.remap(masks[k], map_x, map_y, cv2.INTER_LINEAR, dst=out[k], borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    return out
+
+
+@dataclass(frozen=True, eq=False)
+class Propagated:
+    """Masks carried to a later frame: ``masks`` (N, H, W) uint8 on the model frame's grid,
+    ``frames`` since the model frame, ``error`` of the last flow step."""
+
+    masks: np.ndarray
+    frames: int
+    error: float
+
+
+class MaskPropagator:
+    """Carries one camera's last model masks to its later frames (not thread-safe: one caller)."""
+
+    def __init__(self, options: FlowOptions = FlowOptions()):
+        self.flow = FlowField(options)
+        self._key = None
+        self._masks = self._previous = self._where = None
+        self._size = None
+        self._frames = 0
+        self._stopped = "no model frame yet"
+
+    def reset(self, rgb: np.ndarray, masks: np.ndarray, key) -> None:
+        """A new model frame: ``rgb`` (H, W, 3) the frame the model saw, ``masks`` its (N, h, w)
+        uint8 masks, ``key`` what they were made with (the prompt set: another key stops)."""
+        self._key, self._masks, self._size = key, masks, rgb.shape[:2]
+        self._previous = self.flow.grey(rgb)
+        h, w = self._previous.shape
+        self._where = np.dstack(np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32)))
+        self._frames, self._stopped = 0, ""
+
+    def stop(self, reason: str) -> None:
+        self._stopped = reason
+
+    def propagate(self, rgb: np.ndarray, key) -> Propagated:
+        """The model frame's masks carried to ``rgb``, a later frame of the same camera.
+        PropagationStopped (and stopped until the next :meth:`reset`) when they cannot be."""
+        if self._stopped:
+            raise PropagationStopped(self._stopped)
+        if key is not self._key:
+            self._stopped = "the prompts changed since the model frame"
+            raise PropagationStopped(self._stopped)
+        if rgb.shape[:2] != self._size:
+            self._stopped = (f"the frame size changed from {self._size[1]}x{self._size[0]} to "
+                             f"{rgb.shape[1]}x{rgb.shape[0]}")
+            raise PropagationStopped(self._stopped)
+        current = self.flow.grey(rgb)
+        step, error = self.flow.back(self._previous, current)
+        if error > self.flow.options.max_flow_error:
+            self._stopped = (f"scene cut: the flow no longer explains the frame (error {error:.2f} > "
+                             f"{self.flow.options.max_flow_error:g})")
+            raise PropagationStopped(self._stopped)
+        # where each current pixel was in the model frame: the previous frame's map, read where
+        # the pixel was in the previous frame
+        self._where = cv2.remap(self._where, step, None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
+                                borderValue=(-1e6, -1e6))
+        self._previous = current
+        self._frames += 1
+        return Propagated(warp_masks(self._masks, self._where), self._frames, error)
+
+
+class TemporalSmoother:
+    """Per prompt, an exponential average of the masks of successive model frames, the older
+    average carried to the new frame by the flow between them: ``weight`` of the new frame (1 =
+    no smoothing). Starts again on other prompts, another size or a scene cut."""
+
+    def __init__(self, weight: float, options: FlowOptions = FlowOptions()):
+        if not 0.0 < weight <= 1.0:
+            raise ValueError(f"smoothing weight must be in (0, 1], got {weight}")
+        self.weight = weight
+        self.flow = FlowField(options)
+        self._key = self._grey = self._average = None
+
+    def update(self, rgb: np.ndarray, masks: np.ndarray, key) -> np.ndarray:
+        """The smoothed (N, h, w) uint8 masks for a model frame ``rgb`` with ``masks``."""
+        grey = self.flow.grey(rgb)
+        fresh = (key is not self._key or self._average is None or self._average.shape != masks.shape
+                 or self._grey.shape != grey.shape)
+        if not fresh:
+            where, error = self.flow.back(self._grey, grey)
+            fresh = error > self.flow.options.max_flow_error
+        if fresh:
+            average = masks.astype(np.float32)
+        else:
+            carried = warp_masks(self._average, where)
+            inside = warp_masks(np.full((1, *masks.shape[1:]), 255, np.uint8), where)[0] == 255
+            average = self.weight * masks.astype(np.float32) + (1.0 - self.weight) * carried.astype(np.float32)
+            average[:, ~inside] = masks[:, ~inside]  # came from outside the older frame: only the new one
+        self._key, self._grey = key, grey
+        self._average = np.clip(np.rint(average), 0, 255).astype(np.uint8)
+        return self._average
