@@ -11,6 +11,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import re
+import os
 import threading
 import time
 from dataclasses import dataclass
@@ -141,7 +142,9 @@ class FrameWorker:
     """
 
     def __init__(self, slots: FrameSlots, process: Callable[[list[Frame]], None],
-                 rate: Callable[[], float], on_error: Callable[[Exception], None], name: str = "clipseg_inference"):
+                 rate: Callable[[], float], on_error: Callable[[Exception], None], name: str = "clipseg_inference",
+                 nice: int = 0):
+        self._nice = nice  # > 0: this thread yields the CPU to the others (Linux: per-thread niceness)
         self._slots = slots
         self._process = process
         self._rate = rate
@@ -184,6 +187,11 @@ class FrameWorker:
         return True
 
     def _run(self, stop: threading.Event) -> None:
+        if self._nice:
+            try:
+                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), self._nice)
+            except (OSError, AttributeError):  # not Linux, or not allowed: run at normal priority
+                pass
         not_before = 0.0
         last_trim = time.monotonic()
         while not stop.is_set():

@@ -40,7 +40,7 @@ from clipseg_ros.cameras import CameraSpec, Frame, FrameSlots, FrameWorker, came
 from clipseg_ros.conversions import ImageConversionError, check_image_layout, check_image_size, read_rgb8
 from clipseg_ros.device import (OUT_OF_MEMORY_ERRORS, check_device_name, dtype_name, resolve_device,
                                 set_num_threads)
-from clipseg_ros.depth_inputs import DepthInput
+from clipseg_ros.depth_inputs import DepthInput, stamp_seconds
 from clipseg_ros.engine import ModelLoadError, SegmentationEngine
 from clipseg_ros.geometry import DepthError
 from clipseg_ros.messages import build_outputs
@@ -53,7 +53,9 @@ from clipseg_ros.prompts import (ImagePrompt, PromptBook, PromptChange, PromptEr
                                  image_names_from_request, stored_prompts, texts_from_parameter,
                                  texts_from_request, texts_from_topic, thresholds_from_parameter,
                                  thresholds_to_parameter, tidy_texts)
+from clipseg_ros.propagation import PropagationStopped
 from clipseg_ros.scene import DepthFrame, build_scene
+from clipseg_ros.temporal import CameraTimeline
 from clipseg_ros.settings import NodeSettings, parameter_specs
 from clipseg_ros.spinner import BackgroundSpinner
 from clipseg_ros.throttled_log import ThrottledLog, problem_kind
@@ -74,6 +76,7 @@ class Camera:
     spec: CameraSpec
     stats: diagnostics.StreamStats
     publishers: OutputPublishers
+    timeline: CameraTimeline  # the last model frame, smoothing, tracks
     latest: object = None  # the newest frame that passed the arrival checks (for ~/teach)
     depth: DepthInput | None = None  # subscribed while active, when the camera has a depth topic
 
@@ -93,6 +96,7 @@ class ClipSegNode(LifecycleNode):
         # constructor raised when the context shuts down).
         self._gate = PublishGate()
         self._worker: FrameWorker | None = None
+        self._propagation_worker: FrameWorker | None = None
         self._camera_subscriptions: list = []  # destroyed by deactivate
         super().__init__(node_name, **kwargs)
         self._declare_parameters()
@@ -117,6 +121,12 @@ class ClipSegNode(LifecycleNode):
         self._slots = FrameSlots(len(self.settings.image_topics))
         self._worker = FrameWorker(self._slots, self._process, rate=lambda: self.settings.rate,
                                    on_error=self._on_worker_error)
+        # Propagation: its own newest-frame slots and thread, niced so that the model's threads
+        # get the CPU first (propagation uses spare time only).
+        self._propagation_slots = FrameSlots(len(self.settings.image_topics))
+        self._propagation_worker = FrameWorker(self._propagation_slots, self._propagate,
+                                               rate=lambda: self.settings.propagate_rate,
+                                               on_error=self._on_worker_error, name="clipseg_propagation", nice=10)
         self._prompt_topic = None  # ~/prompts subscription: created by configure, destroyed by cleanup
         self._thresholds_service = None  # ~/set_thresholds: likewise
         self._load_error = ""
@@ -152,7 +162,8 @@ class ClipSegNode(LifecycleNode):
         self.engine = engine
         specs = camera_specs(s.image_topics, s.camera_names, resolve=self.resolve_topic_name)
         self.cameras = [Camera(spec, diagnostics.StreamStats(spec.resolved_topic, time.monotonic()),
-                               OutputPublishers(self, spec.prefix, spatial=s.depth_topic_of(spec.index) is not None))
+                               OutputPublishers(self, spec.prefix, spatial=s.depth_topic_of(spec.index) is not None),
+                               CameraTimeline(s.temporal_options))
                         for spec in specs]
         self._prompt_topic = self.create_subscription(String, "~/prompts", self._on_prompts_topic, 10)
         self._thresholds_service = self.create_service(SetThresholds, "~/set_thresholds", self._on_set_thresholds)
@@ -208,6 +219,8 @@ class ClipSegNode(LifecycleNode):
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         try:
             self._worker.start()
+            if self.settings.propagate:
+                self._propagation_worker.start()
         except RuntimeError as exc:
             self.get_logger().error(f"cannot activate: {exc}")
             return TransitionCallbackReturn.FAILURE
@@ -265,6 +278,8 @@ class ClipSegNode(LifecycleNode):
         if self._worker is not None and not self._worker.stop(join_timeout):
             self.get_logger().warning(f"inference is still finishing a frame after {join_timeout:g} s: its result "
                                       "will not be published, and the next activate waits for it")
+        if self._propagation_worker is not None:
+            self._propagation_worker.stop(join_timeout)
         self._gate.close()
 
     def _release_engine(self, join_timeout: float = 5.0) -> None:
@@ -526,6 +541,8 @@ class ClipSegNode(LifecycleNode):
             self._refuse_frame(cam, now, str(exc))
             return
         cam.latest = msg
+        if self.settings.propagate:
+            self._propagation_slots.put(Frame(cam.spec.index, msg, now))
         cam.stats.on_received(now, self._slots.put(Frame(cam.spec.index, msg, now)))
 
     def _refuse_frame(self, cam: Camera, now: float, reason: str) -> None:
@@ -576,16 +593,46 @@ class ClipSegNode(LifecycleNode):
             self.log.warning("oom", "out of GPU memory: freed the cache and retried in smaller batches (fewer "
                              "prompts, fewer cameras or dtype float16 would avoid it)")
         for (cam, frame, rgb), result in zip(taken, results):
-            scene = build_scene(result, self._depth_for(cam, frame.message.header.stamp, rgb.shape[:2], settings),
-                                settings.scene_options)
-            if scene.all_depth_invalid:
-                self.log.warning(f"{cam.spec.name}:depth:invalid", f"{cam.spec.name}: the paired depth image has no "
-                                 "valid pixel (all 0, NaN or inf): objects have no 3D position")
-            outputs = build_outputs(result, rgb, frame.message.header, settings.output_options, scene)
+            result = cam.timeline.model_frame(rgb, result, prompt_set, stamp_seconds(frame.message.header.stamp))
+            outputs = self._frame_outputs(cam, frame, rgb, result, settings)
             if self._publish(cam, outputs):
                 now = time.monotonic()
                 cam.stats.on_published(now, result.timings_ms.get("total", 0.0), (now - frame.received_at) * 1e3)
         self.frames_processed += len(results)
+
+    def _frame_outputs(self, cam: Camera, frame: Frame, rgb, result, settings: NodeSettings):
+        """Objects (tracked), 3D with the paired depth image, and every output message of one frame."""
+        scene = build_scene(result, self._depth_for(cam, frame.message.header.stamp, rgb.shape[:2], settings),
+                            settings.scene_options)
+        if scene.all_depth_invalid:
+            self.log.warning(f"{cam.spec.name}:depth:invalid", f"{cam.spec.name}: the paired depth image has no "
+                             "valid pixel (all 0, NaN or inf): objects have no 3D position")
+        scene = cam.timeline.track(scene, rgb.shape[:2])
+        return build_outputs(result, rgb, frame.message.header, settings.output_options, scene)
+
+    def _propagate(self, batch: list[Frame]) -> None:
+        """Propagation thread: the last model masks carried to each camera's newest frame."""
+        prompt_set, settings, cameras = self.prompts.prompt_set, self.settings, self.cameras
+        if prompt_set is None:
+            return
+        for frame in batch:
+            cam = cameras[frame.camera]
+            stamp = stamp_seconds(frame.message.header.stamp)
+            try:
+                rgb = read_rgb8(frame.message)
+                result, source = cam.timeline.propagate(rgb, prompt_set, stamp)
+            except ImageConversionError:
+                continue  # the model's thread reports unreadable frames
+            except PropagationStopped as exc:
+                if "not newer" not in str(exc) and "no model frame" not in str(exc):
+                    self.log.warning(f"{cam.spec.name}:propagation:{problem_kind(str(exc))}",
+                                     f"{cam.spec.name}: propagation stopped until the next model frame: {exc}")
+                continue
+            outputs = self._frame_outputs(cam, frame, rgb, result, settings)
+            for msg in (outputs.segmentation, outputs.confidences):
+                msg.propagated, msg.model_frame_age = True, float(stamp - source.stamp)
+                msg.frames_since_model = int(source.frames)
+            self._publish(cam, outputs)
 
     def _depth_for(self, cam: Camera, stamp, colour_size, settings: NodeSettings) -> DepthFrame | None:
         """The depth image paired with a colour frame, or None (without depth configured, or
@@ -637,6 +684,12 @@ class ClipSegNode(LifecycleNode):
         if state == "active":
             for cam in self.cameras:
                 lvl, msg, cam_values = cam.stats.assess(now, s.input_timeout, s.max_latency)
+                if s.propagate:
+                    timeline = cam.timeline
+                    cam_values["propagation"] = f"stopped: {timeline.stopped}" if timeline.stopped else "running"
+                    cam_values["propagated frames"] = str(timeline.propagated_frames)
+                    if timeline.last_age is not None:
+                        cam_values["propagated from a model frame (s old)"] = f"{timeline.last_age:.3f}"
                 array.status.append(diagnostics.make_status(lvl, f"{name}: {cam.spec.name}", msg, device, cam_values))
         try:
             self._diagnostics_pub.publish(array)

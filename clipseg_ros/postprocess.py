@@ -108,6 +108,18 @@ def postprocess_logits(logits: torch.Tensor, prompts: Sequence[str], image_size:
                               stats=stats, threshold=float(threshold), image_size=(in_h, in_w), thresholds=levels)
 
 
+def result_from_masks(masks: np.ndarray, like: SegmentationResult) -> SegmentationResult:
+    """A result for other (N, H, W) uint8 masks of ``like``'s prompts, thresholds and image (masks
+    carried to a later frame, or smoothed): label and stats recomputed from them, ``max_score``
+    from the masks themselves."""
+    thresholds = like.thresholds or per_prompt(like.threshold, None, len(like.prompts))
+    max_scores = [float(m.max()) / 255.0 if m.size else 0.0 for m in masks]
+    return SegmentationResult(prompts=list(like.prompts), masks=masks, label=label_from_masks(masks, thresholds),
+                              stats=mask_stats(masks, like.prompts, max_scores, like.image_size, thresholds),
+                              threshold=like.threshold, image_size=like.image_size, timings_ms=dict(like.timings_ms),
+                              thresholds=tuple(thresholds))
+
+
 def per_prompt(threshold: float, thresholds: Sequence[float] | None, count: int) -> tuple[float, ...]:
     """``count`` thresholds: ``thresholds`` as given, or ``threshold`` for every prompt."""
     if thresholds is None:

@@ -16,6 +16,7 @@ import numpy as np
 from clipseg_ros.geometry import NO_POSITION, MaskedCloud, PinholeCamera, Position3D, locate_pixels, masked_cloud
 from clipseg_ros.objects import DetectedObject, find_objects
 from clipseg_ros.postprocess import SegmentationResult
+from clipseg_ros.tracking import TrackId
 
 
 LOCATE_MAX_PIXELS = 16384  # per object; larger ones are sampled on a grid
@@ -52,6 +53,7 @@ class SceneObject:
 
     object: DetectedObject
     location: Position3D
+    track: TrackId | None = None  # set by the camera's tracker (clipseg_ros.temporal)
 
 
 @dataclass(frozen=True, eq=False)

@@ -18,7 +18,9 @@ from clipseg_ros.engine import DEFAULT_MODEL
 from clipseg_ros.messages import OutputOptions
 from clipseg_ros.depth_inputs import camera_info_topic
 from clipseg_ros.postprocess import MAX_LABELS
+from clipseg_ros.propagation import FlowOptions
 from clipseg_ros.scene import SceneOptions
+from clipseg_ros.temporal import TemporalOptions
 from clipseg_ros.visual_prompts import DEFAULT_STYLE, STYLES
 
 INPUT_QOS = ("sensor_data", "reliable", "system_default")
@@ -103,6 +105,19 @@ def parameter_specs() -> list[tuple[str, object, ParameterDescriptor]]:
                                  integer_range=[IntegerRange(from_value=1, to_value=64, step=1)])),
         ("cloud_max_points", 50000, desc("most points per cloud (thinned evenly beyond)", I,
                                          integer_range=[IntegerRange(from_value=1, to_value=10_000_000, step=1)])),
+        ("propagate", False, desc("between model frames, carry the last masks to each camera frame with optical "
+                                  "flow and publish them (flagged propagated)", B, True)),
+        ("propagate_rate", 15.0, desc("Hz: most propagated outputs per camera and second", D,
+                                      floating_point_range=[FloatingPointRange(from_value=0.1, to_value=1000.0,
+                                                                               step=0.0)])),
+        ("flow_width", 320, desc("optical flow runs on grey frames this many pixels wide", I, True,
+                                 integer_range=[IntegerRange(from_value=32, to_value=4096, step=1)])),
+        ("smoothing", 1.0, desc("weight of a new model frame in each prompt's average over model frames, aligned "
+                                "by optical flow (1 = no smoothing)", D, True,
+                                floating_point_range=[FloatingPointRange(from_value=0.01, to_value=1.0, step=0.0)])),
+        ("tracking", True, desc("give objects track ids that persist across frames", B, True)),
+        ("track_max_missed", 5, desc("frames a track may go unmatched before it is lost", I, True,
+                                     integer_range=[IntegerRange(from_value=0, to_value=10000, step=1)])),
         ("max_latency", 3.0, desc("diagnostics WARN when latency p95 (receipt to publish, s) exceeds this, "
                                   "ERROR above twice it", D,
                                   floating_point_range=[FloatingPointRange(from_value=0.01, to_value=3600.0,
@@ -152,6 +167,12 @@ class NodeSettings:
     obstacle_prompts: tuple[str, ...]
     cloud_stride: int
     cloud_max_points: int
+    propagate: bool
+    propagate_rate: float
+    flow_width: int
+    smoothing: float
+    tracking: bool
+    track_max_missed: int
 
     @classmethod
     def from_values(cls, values: Mapping[str, object]) -> "NodeSettings":
@@ -213,6 +234,11 @@ class NodeSettings:
                             depth_band=self.depth_band, cloud=self.publish_cloud, cloud_prompts=self.cloud_prompts,
                             obstacle_prompts=self.obstacle_prompts, cloud_stride=self.cloud_stride,
                             cloud_max_points=self.cloud_max_points)
+
+    @property
+    def temporal_options(self) -> TemporalOptions:
+        return TemporalOptions(propagate=self.propagate, smoothing=self.smoothing, tracking=self.tracking,
+                               max_missed=self.track_max_missed, flow=FlowOptions(flow_width=self.flow_width))
 
     def depth_topic_of(self, camera: int) -> tuple[str, str] | None:
         """(depth topic, CameraInfo topic) of camera ``camera``; None without depth."""

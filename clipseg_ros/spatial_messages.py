@@ -44,7 +44,9 @@ def object_msg(placed: SceneObject) -> Object:
         max_score=float(obj.max_score), mean_score=float(obj.mean_score), has_position=where.has_position,
         position=Point(x=where.position[0], y=where.position[1], z=where.position[2]),
         extent=Vector3(x=where.extent[0], y=where.extent[1], z=where.extent[2]),
-        valid_depth_fraction=float(where.valid_fraction))
+        valid_depth_fraction=float(where.valid_fraction),
+        track_id=placed.track.id if placed.track is not None else 0,
+        track_age=placed.track.age if placed.track is not None else 0)
 
 
 # x, y, z float32, then label uint16 and score float32: 18 bytes a point, padded to 20 for alignment.

@@ -1,0 +1,108 @@
+"""Camera-rate outputs over real DDS: propagated masks between model frames, never under other
+prompts' names; track ids; propagation state in diagnostics."""
+
+import numpy as np
+import pytest
+
+rclpy = pytest.importorskip("rclpy")
+
+from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
+from std_msgs.msg import String  # noqa: E402
+
+from clipseg_ros.conversions import imgmsg_to_cv2  # noqa: E402
+from clipseg_ros.synthetic_motion import iou  # noqa: E402
+from clipseg_ros_interfaces.msg import Segmentation  # noqa: E402
+from ros_helpers import CameraPublisher, NodeProcess, assert_clean_exit, wait_for  # noqa: E402
+
+NODE = "clipseg_camera_rate"
+TOPIC = "/rate_cam/image_raw"
+
+
+@pytest.fixture(scope="module")
+def node(tiny_checkpoint, tmp_path_factory, ros):
+    proc = NodeProcess(NODE, {"model": str(tiny_checkpoint), "prompts": ["cup", "door handle"], "rate": 1.0,
+                              "image_topics": [TOPIC], "propagate": True, "propagate_rate": 30.0,
+                              "smoothing": 0.5, "prompt_thresholds": ["cup=0"]},
+                       tmp_path_factory.mktemp("logs"))
+    proc.wait_ready()
+    yield proc
+    assert_clean_exit(proc, proc.stop())
+
+
+def stamp(msg) -> float:
+    return msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
+
+
+def test_propagated_outputs_between_model_frames(node, client):
+    segs = client.collect(Segmentation, f"/{NODE}/segmentation")
+    cam = CameraPublisher(client, TOPIC, h=60, w=80)
+    still = cam.publish().data  # a static scene: one picture, numbered frames
+    image = np.frombuffer(bytes(still), np.uint8).reshape(60, 80, 3).copy()
+
+    def enough():
+        cam.publish(image)
+        model = [m for m in segs if not m.propagated]
+        carried = [m for m in segs if m.propagated]
+        return len(model) >= 2 and len(carried) >= 10
+    wait_for(enough, 60, 0.03, "model and propagated outputs")
+    model = [m for m in segs if not m.propagated]
+    carried = [m for m in segs if m.propagated]
+    assert len(carried) > len(model)  # camera rate between 1 Hz model frames
+    for m in model:
+        assert m.model_frame_age == 0.0 and m.frames_since_model == 0
+    by_stamp = {stamp(m): m for m in model}
+    for m in carried:
+        assert m.model_frame_age > 0 and m.frames_since_model >= 1
+        source = by_stamp.get(round(stamp(m) - m.model_frame_age, 9)) or min(
+            model, key=lambda s: abs(stamp(s) - (stamp(m) - m.model_frame_age)))
+        assert abs(stamp(source) - (stamp(m) - m.model_frame_age)) < 1e-3  # names its model frame
+        assert list(m.prompts) == list(source.prompts)
+        # a static scene: the carried masks are the model frame's
+        for a, b in zip(m.masks, source.masks):
+            assert iou(imgmsg_to_cv2(a), imgmsg_to_cv2(b)) >= 0.98
+    # tracks: the cup (threshold 0: the whole frame) keeps one id
+    cup_ids = {o.track_id for m in segs for o in m.objects if o.prompt == "cup"}
+    assert len(cup_ids) == 1 and 0 not in cup_ids
+    assert max(o.track_age for o in segs[-1].objects if o.prompt == "cup") >= 5
+
+
+def test_never_propagates_old_prompts_under_new_names(node, client):
+    segs = client.collect(Segmentation, f"/{NODE}/segmentation")
+    pub = client.node.create_publisher(String, f"/{NODE}/prompts", 10)
+    cam = CameraPublisher(client, TOPIC, h=60, w=80)
+    try:
+        for names in ("mug;bowl", "spoon", "cup;door handle"):
+            pub.publish(String(data=names))
+
+            def changed(names=names):
+                cam.publish()
+                return any(not m.propagated and list(m.prompts) == names.split(";") for m in segs)
+            wait_for(changed, 30, 0.03, f"a model frame with {names}")
+        model = {stamp(m): list(m.prompts) for m in segs if not m.propagated}
+        for m in (m for m in segs if m.propagated):
+            source = min(model, key=lambda s: abs(s - (stamp(m) - m.model_frame_age)))
+            assert list(m.prompts) == model[source]
+    finally:
+        client.node.destroy_publisher(pub)
+
+
+def test_a_scene_cut_stops_propagation_and_diagnostics_say_so(node, client):
+    arrays = client.collect(DiagnosticArray, "/diagnostics")
+    cam = CameraPublisher(client, TOPIC, h=60, w=80)  # every frame a new random picture: a cut each time
+    still = cam.publish()
+    image = np.frombuffer(bytes(still.data), np.uint8).reshape(60, 80, 3).copy()
+
+    def propagation(publish):
+        def state():
+            publish()
+            for array in list(arrays):
+                for status in array.status:
+                    kv = {v.key: v.value for v in status.values}
+                    if status.name.endswith(": rate_cam") and "propagation" in kv:
+                        return kv["propagation"]
+        return state
+
+    wait_for(lambda: "scene cut" in (propagation(cam.publish)() or ""), 30, 0.05, "a scene cut in diagnostics")
+    wait_for(lambda: "scene cut" in node.log(), 10, what="the scene-cut warning")
+    arrays.clear()
+    wait_for(lambda: propagation(lambda: cam.publish(image))() == "running", 30, 0.05, "propagation running again")
