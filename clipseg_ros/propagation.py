@@ -66,8 +66,8 @@ class FlowField:
 
 
 def warp_masks(masks: np.ndarray, where: np.ndarray) -> np.ndarray:
-    """(N, H, W) uint8 masks sampled at ``where`` ((h, w, 2) positions in flow-grid pixels of
-    the masks' frame), upsampled to the masks' own grid; outside the frame = 0."""
+    """(N, H, W) masks (uint8 or float32) sampled at ``where`` ((h, w, 2) positions in flow-grid
+    pixels of the masks' frame), upsampled to the masks' own grid; outside the frame = 0."""
     n, mh, mw = masks.shape
     fh, fw = where.shape[:2]
     sx, sy = mw / fw, mh / fh
@@ -142,10 +142,16 @@ class MaskPropagator:
         return Propagated(warp_masks(self._masks, self._where), self._frames, error)
 
 
+# Flow below this (95th percentile of the per-pixel motion, flow-grid pixels) is sensor noise on
+# a still scene: warping by it would only blur the average.
+STILL_MOTION_PX = 0.5
+
+
 class TemporalSmoother:
     """Per prompt, an exponential average of the masks of successive model frames, the older
-    average carried to the new frame by the flow between them: ``weight`` of the new frame (1 =
-    no smoothing). Starts again on other prompts, another size or a scene cut."""
+    average carried to the new frame by the flow between them (not moved when the scene is
+    still): ``weight`` of the new frame (1 = no smoothing). Starts again on other prompts,
+    another size or a scene cut. The average is kept in float32."""
 
     def __init__(self, weight: float, options: FlowOptions = FlowOptions()):
         if not 0.0 < weight <= 1.0:
@@ -165,10 +171,15 @@ class TemporalSmoother:
         if fresh:
             average = masks.astype(np.float32)
         else:
-            carried = warp_masks(self._average, where)
-            inside = warp_masks(np.full((1, *masks.shape[1:]), 255, np.uint8), where)[0] == 255
-            average = self.weight * masks.astype(np.float32) + (1.0 - self.weight) * carried.astype(np.float32)
-            average[:, ~inside] = masks[:, ~inside]  # came from outside the older frame: only the new one
-        self._key, self._grey = key, grey
-        self._average = np.clip(np.rint(average), 0, 255).astype(np.uint8)
-        return self._average
+            h, w = grey.shape
+            motion = where - np.dstack(np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32)))
+            if float(np.percentile(np.hypot(motion[..., 0], motion[..., 1]), 95)) < STILL_MOTION_PX:
+                carried, inside = self._average, None
+            else:
+                carried = warp_masks(self._average, where)
+                inside = warp_masks(np.full((1, *masks.shape[1:]), 255, np.uint8), where)[0] == 255
+            average = self.weight * masks.astype(np.float32) + (1.0 - self.weight) * carried
+            if inside is not None:
+                average[:, ~inside] = masks[:, ~inside]  # came from outside the older frame: only the new one
+        self._key, self._grey, self._average = key, grey, average
+        return np.clip(np.rint(average), 0, 255).astype(np.uint8)

@@ -1,0 +1,233 @@
+"""Camera-rate masks: how well propagation follows motion, what it costs, whether it slows the
+model, and how much smoothing reduces flicker. One run, one machine.
+
+    python benchmarks/bench_propagation.py --json benchmarks/results/propagation_cpu.json
+
+1. IoU of propagated vs true masks on synthetic motion with exact ground truth: a real photo
+   (scikit-image's coffee) at 640x480 and an elliptic object mask, moved per frame by a known
+   shift (5 and 15 px/frame), rotation or zoom; IoU after 5, 15 and 30 frames (the node's
+   default flow: DIS "fast" on 320 px wide grey frames).
+2. Cost per propagated frame at 640x480 with 8 prompts: the node's path (carry the masks, label,
+   stats, objects, tracks, all output messages with the overlay).
+3. The real node under a 30 Hz 640x480 camera panning over the photo, random rd64-refined
+   weights, rate 0 (the model as fast as it goes), 8 prompts: model outputs and propagated
+   outputs per second, with propagation off and on.
+4. Flicker on a static scene (the photo plus sensor noise, sigma 2 grey levels): the share of
+   mask pixels (in either of two consecutive frames' thresholded masks) that change, with the
+   engine alone and with smoothing 0.5, over 12 model frames.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from results_file import cpu_name, write_results  # noqa: E402
+
+from clipseg_ros.messages import build_outputs  # noqa: E402
+from clipseg_ros.postprocess import result_from_masks  # noqa: E402
+from clipseg_ros.propagation import FlowOptions, MaskPropagator, TemporalSmoother  # noqa: E402
+from clipseg_ros.scene import SceneOptions, build_scene  # noqa: E402
+from clipseg_ros.spinner import BackgroundSpinner  # noqa: E402
+from clipseg_ros.synthetic_motion import iou, motion, moving_scene, sample_picture  # noqa: E402
+from clipseg_ros.temporal import CameraTimeline, TemporalOptions  # noqa: E402
+
+H, W = 480, 640
+PROMPTS = [f"thing {k}" for k in range(8)]
+
+
+def object_mask(centre=(200, 240)) -> np.ndarray:
+    m = np.zeros((H, W), np.uint8)
+    cv2.ellipse(m, centre, (90, 70), 15, 0, 360, 255, -1)
+    return m
+
+
+def motion_ious(picture) -> list[dict]:
+    cases = [("shift 5 px/frame", dict(shift=(5.0, 0.0)), (140, 240)),
+             ("shift 15 px/frame", dict(shift=(15.0, 0.0)), (110, 240)),
+             ("rotation 1 deg/frame", dict(rotation_deg=1.0), (320, 200)),
+             ("zoom 1%/frame", dict(zoom=1.01), (300, 220))]
+    rows = []
+    for name, move, centre in cases:
+        mask = object_mask(centre)
+        scene = list(moving_scene(picture, mask, 30, **move))
+        propagator = MaskPropagator(FlowOptions())
+        key = object()
+        propagator.reset(scene[0][0], mask[None], key)
+        ious = [iou(propagator.propagate(frame, key).masks[0], true) for frame, true in scene[1:]]
+        in_view = [float((true > 0).mean()) for _, true in scene[1:]]
+        rows.append({"motion": name, "iou_after_5": round(ious[4], 3), "iou_after_15": round(ious[14], 3),
+                     "iou_after_30": round(ious[29], 3), "object_share_of_frame_at_30": round(in_view[29], 3)})
+        print(f"{name}: IoU after 5/15/30 frames {ious[4]:.3f} / {ious[14]:.3f} / {ious[29]:.3f}", flush=True)
+    return rows
+
+
+def propagation_cost(picture, repeats: int = 30) -> dict:
+    """ms per propagated frame, the node's path, 8 prompts at 640x480."""
+    from clipseg_ros.postprocess import SegmentationResult, label_from_masks, mask_stats
+
+    rng = np.random.default_rng(0)
+    masks = np.stack([cv2.GaussianBlur((rng.random((H, W)) * 255).astype(np.uint8), (0, 0), 25) for _ in PROMPTS])
+    masks = cv2.normalize(masks, None, 0, 255, cv2.NORM_MINMAX).astype(np.uint8)
+    thresholds = (0.4,) * len(PROMPTS)
+    result = SegmentationResult(prompts=PROMPTS, masks=masks, label=label_from_masks(masks, thresholds),
+                                stats=mask_stats(masks, PROMPTS, [0.9] * 8, (H, W), thresholds), threshold=0.4,
+                                image_size=(H, W), thresholds=thresholds)
+    frames = [f for f, _ in moving_scene(picture, object_mask(), repeats + 1, shift=(3.0, 1.0))]
+    timeline = CameraTimeline(TemporalOptions(propagate=True))
+    key = object()
+    timeline.model_frame(frames[0], result, key, 0.0)
+    stages = {"carry": [], "scene+tracks": [], "messages": []}
+    for t, frame in enumerate(frames[1:], start=1):
+        t0 = time.perf_counter()
+        carried, _ = timeline.propagate(frame, key, float(t))
+        t1 = time.perf_counter()
+        scene = timeline.track(build_scene(carried, None, SceneOptions()), (H, W))
+        t2 = time.perf_counter()
+        build_outputs(carried, frame, None, scene=scene)
+        t3 = time.perf_counter()
+        for name, dt in zip(stages, (t1 - t0, t2 - t1, t3 - t2)):
+            stages[name].append(dt * 1e3)
+    row = {f"{k}_ms": round(statistics.median(v), 2) for k, v in stages.items()}
+    row["total_ms"] = round(sum(row.values()), 2)
+    row["max_hz_one_core"] = round(1000.0 / row["total_ms"], 1)
+    print(f"cost per propagated frame (8 prompts, 640x480): {row}", flush=True)
+    return row
+
+
+def node_rates(model: str, picture, propagate: bool, seconds: float, camera_hz: float = 30.0) -> dict:
+    """The real node: model and propagated outputs per second under a panning 30 Hz camera."""
+    domain = str(random.randint(1, 100))
+    env = dict(os.environ, ROS_DOMAIN_ID=domain, FASTDDS_BUILTIN_TRANSPORTS="LARGE_DATA", PYTHONUNBUFFERED="1")
+    os.environ.update(ROS_DOMAIN_ID=domain, FASTDDS_BUILTIN_TRANSPORTS="LARGE_DATA")
+    names = ", ".join(f"'{p}'" for p in PROMPTS)
+    log = tempfile.NamedTemporaryFile("w", prefix="clipseg_bench_prop_", suffix=".log", delete=False)
+    node = subprocess.Popen([sys.executable, "-m", "clipseg_ros", "--ros-args", "-r", "__node:=clipseg",
+                             "-p", f"model:={model}", "-p", f"prompts:=[{names}]", "-p", "rate:=0.0",
+                             "-p", "image_topics:=[/bench/image]", "-p", f"propagate:={str(propagate).lower()}",
+                             "-p", "propagate_rate:=30.0"], env=env, stdout=log, stderr=subprocess.STDOUT)
+    import rclpy
+    from clipseg_ros_interfaces.msg import Segmentation
+    from rclpy.node import Node
+    from rclpy.qos import qos_profile_sensor_data
+    from sensor_msgs.msg import Image
+
+    from clipseg_ros.conversions import cv2_to_imgmsg
+
+    # a camera panning 2 px/frame back and forth (no cuts): 60 frames, played forwards and back
+    pan = [cv2.warpAffine(picture, motion(t, (H, W), shift=(2.0, 0.0)), (W, H), borderMode=cv2.BORDER_REFLECT_101)
+           for t in range(60)]
+    messages = [cv2_to_imgmsg(f, "rgb8") for f in pan + pan[::-1]]
+    rclpy.init()
+    cam = Node("bench_camera")
+    pub = cam.create_publisher(Image, "/bench/image", qos_profile_sensor_data)
+    outputs: list[tuple[float, bool]] = []
+    cam.create_subscription(Segmentation, "/clipseg/segmentation",
+                            lambda m: outputs.append((time.monotonic(), m.propagated)), 10)
+    spinner = BackgroundSpinner(cam)
+    k = 0
+    try:
+        deadline = time.monotonic() + 180
+        while not outputs:
+            if node.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"node produced no output; its log: {log.name}")
+            msg = messages[k % len(messages)]
+            msg.header.stamp = cam.get_clock().now().to_msg()
+            pub.publish(msg)
+            k += 1
+            time.sleep(1 / camera_hz)
+        time.sleep(3.0)  # the measurement starts after warm-up
+        outputs.clear()
+        start = next_t = time.monotonic()
+        while time.monotonic() - start < seconds:
+            msg = messages[k % len(messages)]
+            msg.header.stamp = cam.get_clock().now().to_msg()
+            pub.publish(msg)
+            k += 1
+            next_t += 1 / camera_hz
+            time.sleep(max(0.0, next_t - time.monotonic()))
+    finally:
+        node.send_signal(signal.SIGINT)
+        try:
+            node.wait(15)
+        except subprocess.TimeoutExpired:
+            node.kill()
+        spinner.stop()
+        cam.destroy_node()
+        rclpy.shutdown()
+    model_n = sum(1 for _, p in outputs if not p)
+    carried_n = sum(1 for _, p in outputs if p)
+    row = {"propagate": propagate, "seconds": seconds, "model_hz": round(model_n / seconds, 3),
+           "propagated_hz": round(carried_n / seconds, 2), "outputs_hz": round(len(outputs) / seconds, 2)}
+    print(f"node, propagate={propagate}: {row}", flush=True)
+    return row
+
+
+def flicker(model: str, picture, frames: int = 12) -> dict:
+    from clipseg_ros.engine import SegmentationEngine
+
+    engine = SegmentationEngine.from_pretrained(model, device="cpu", dtype="float32")
+    prompt_set = engine.make_prompt_set(PROMPTS)
+    smoother = TemporalSmoother(0.5)
+    rng = np.random.default_rng(0)
+    key = object()
+    raw, smooth = [], []
+    for _ in range(frames):
+        noisy = np.clip(picture.astype(np.int16) + rng.normal(0, 2, picture.shape).round().astype(np.int16),
+                        0, 255).astype(np.uint8)
+        result = engine.segment(noisy, prompt_set)
+        raw.append(result.masks)
+        smooth.append(result_from_masks(smoother.update(noisy, result.masks, key), result).masks)
+
+    def share_changing(seq):
+        level = 102  # threshold 0.4
+        changed = either = 0
+        for a, b in zip(seq, seq[1:]):
+            a, b = a >= level, b >= level
+            changed += int((a != b).sum())
+            either += int((a | b).sum())
+        return changed / either if either else 0.0
+    row = {"frames": frames, "flicker_raw": round(share_changing(raw), 5),
+           "flicker_smoothed": round(share_changing(smooth), 5)}
+    print(f"flicker on a static scene: {row}", flush=True)
+    return row
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="tiny random model, short node runs")
+    parser.add_argument("--seconds", type=float, default=0, help="node run per setting (default 40, quick 8)")
+    parser.add_argument("--json", help="write results to this path")
+    args = parser.parse_args(argv)
+    from clipseg_ros.random_checkpoint import make_random_checkpoint
+
+    picture = sample_picture(H, W)
+    result = {"cpu": cpu_name(), "motion": motion_ious(picture), "cost_640x480_8_prompts": propagation_cost(picture)}
+    with tempfile.TemporaryDirectory(prefix="clipseg_bench_prop_") as tmp:
+        size = "tiny" if args.quick else "rd64-refined"
+        model = str(make_random_checkpoint(tmp, size=size))
+        seconds = args.seconds or (8.0 if args.quick else 40.0)
+        off = node_rates(model, picture, False, seconds)
+        on = node_rates(model, picture, True, seconds)
+        result["node"] = {"model": size, "off": off, "on": on,
+                          "model_rate_ratio": round(on["model_hz"] / off["model_hz"], 3) if off["model_hz"] else None}
+        result["flicker"] = flicker(model, picture)
+    print(f"model rate with propagation / without: {result['node']['model_rate_ratio']}")
+    write_results(args.json, result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
