@@ -119,7 +119,7 @@ def node_rates(model: str, picture, propagate: bool, seconds: float, camera_hz: 
                              "-p", "image_topics:=[/bench/image]", "-p", f"propagate:={str(propagate).lower()}",
                              "-p", "propagate_rate:=30.0"], env=env, stdout=log, stderr=subprocess.STDOUT)
     import rclpy
-    from clipseg_ros_interfaces.msg import Segmentation
+    from clipseg_ros_interfaces.msg import Confidences
     from rclpy.node import Node
     from rclpy.qos import qos_profile_sensor_data
     from sensor_msgs.msg import Image
@@ -134,7 +134,8 @@ def node_rates(model: str, picture, propagate: bool, seconds: float, camera_hz: 
     cam = Node("bench_camera")
     pub = cam.create_publisher(Image, "/bench/image", qos_profile_sensor_data)
     outputs: list[tuple[float, bool]] = []
-    cam.create_subscription(Segmentation, "/clipseg/segmentation",
+    # the light topic: a subscriber decoding 8 masks per output would take CPU from the node here
+    cam.create_subscription(Confidences, "/clipseg/confidences",
                             lambda m: outputs.append((time.monotonic(), m.propagated)), 10)
     spinner = BackgroundSpinner(cam)
     k = 0
