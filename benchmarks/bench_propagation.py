@@ -11,7 +11,7 @@ model, and how much smoothing reduces flicker. One run, one machine.
    stats, objects, tracks, all output messages with the overlay).
 3. The real node under a 30 Hz 640x480 camera panning over the photo, random rd64-refined
    weights, rate 0 (the model as fast as it goes), 8 prompts: model outputs and propagated
-   outputs per second, with propagation off and on.
+   outputs per second, with propagation off and on at propagate_rate 5, 10 and 15 Hz.
 4. Flicker on a static scene (the photo plus sensor noise, sigma 2 grey levels): the share of
    mask pixels (in either of two consecutive frames' thresholded masks) that change, with the
    engine alone and with smoothing 0.5, over 12 model frames.
@@ -107,7 +107,8 @@ def propagation_cost(picture, repeats: int = 30) -> dict:
     return row
 
 
-def node_rates(model: str, picture, propagate: bool, seconds: float, camera_hz: float = 30.0) -> dict:
+def node_rates(model: str, picture, propagate: bool, seconds: float, camera_hz: float = 30.0,
+               propagate_rate: float = 15.0) -> dict:
     """The real node: model and propagated outputs per second under a panning 30 Hz camera."""
     domain = str(random.randint(1, 100))
     env = dict(os.environ, ROS_DOMAIN_ID=domain, FASTDDS_BUILTIN_TRANSPORTS="LARGE_DATA", PYTHONUNBUFFERED="1")
@@ -117,7 +118,8 @@ def node_rates(model: str, picture, propagate: bool, seconds: float, camera_hz: 
     node = subprocess.Popen([sys.executable, "-m", "clipseg_ros", "--ros-args", "-r", "__node:=clipseg",
                              "-p", f"model:={model}", "-p", f"prompts:=[{names}]", "-p", "rate:=0.0",
                              "-p", "image_topics:=[/bench/image]", "-p", f"propagate:={str(propagate).lower()}",
-                             "-p", "propagate_rate:=30.0"], env=env, stdout=log, stderr=subprocess.STDOUT)
+                             "-p", f"propagate_rate:={propagate_rate}"], env=env, stdout=log,
+                            stderr=subprocess.STDOUT)
     import rclpy
     from clipseg_ros_interfaces.msg import Confidences
     from rclpy.node import Node
@@ -170,7 +172,8 @@ def node_rates(model: str, picture, propagate: bool, seconds: float, camera_hz: 
         rclpy.shutdown()
     model_n = sum(1 for _, p in outputs if not p)
     carried_n = sum(1 for _, p in outputs if p)
-    row = {"propagate": propagate, "seconds": seconds, "model_hz": round(model_n / seconds, 3),
+    row = {"propagate": propagate, "propagate_rate": propagate_rate if propagate else 0.0, "seconds": seconds,
+           "model_hz": round(model_n / seconds, 3),
            "propagated_hz": round(carried_n / seconds, 2), "outputs_hz": round(len(outputs) / seconds, 2)}
     print(f"node, propagate={propagate}: {row}", flush=True)
     return row
@@ -219,13 +222,17 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="clipseg_bench_prop_") as tmp:
         size = "tiny" if args.quick else "rd64-refined"
         model = str(make_random_checkpoint(tmp, size=size))
-        seconds = args.seconds or (8.0 if args.quick else 40.0)
+        seconds = args.seconds or (8.0 if args.quick else 30.0)
         off = node_rates(model, picture, False, seconds)
-        on = node_rates(model, picture, True, seconds)
-        result["node"] = {"model": size, "off": off, "on": on,
-                          "model_rate_ratio": round(on["model_hz"] / off["model_hz"], 3) if off["model_hz"] else None}
+        rows = [off]
+        for rate in (5.0, 10.0, 15.0):
+            on = node_rates(model, picture, True, seconds, propagate_rate=rate)
+            on["model_rate_ratio"] = round(on["model_hz"] / off["model_hz"], 3) if off["model_hz"] else None
+            rows.append(on)
+            print(f"propagate_rate {rate:g}: model rate with / without propagation {on['model_rate_ratio']}",
+                  flush=True)
+        result["node"] = {"model": size, "camera_hz": 30.0, "rows": rows}
         result["flicker"] = flicker(model, picture)
-    print(f"model rate with propagation / without: {result['node']['model_rate_ratio']}")
     write_results(args.json, result)
     return 0
 

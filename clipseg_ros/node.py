@@ -19,6 +19,7 @@ window.) One worker thread runs the throttled inference loop.
 from __future__ import annotations
 
 import gc
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -59,6 +60,9 @@ from clipseg_ros.temporal import CameraTimeline
 from clipseg_ros.settings import NodeSettings, parameter_specs
 from clipseg_ros.spinner import BackgroundSpinner
 from clipseg_ros.throttled_log import ThrottledLog, problem_kind
+
+
+PROPAGATION_SWITCH_INTERVAL_S = 0.0005
 
 
 def input_qos(name: str) -> QoSProfile:
@@ -122,7 +126,11 @@ class ClipSegNode(LifecycleNode):
         self._worker = FrameWorker(self._slots, self._process, rate=lambda: self.settings.rate,
                                    on_error=self._on_worker_error)
         # Propagation: its own newest-frame slots and thread, niced so that the model's threads
-        # get the CPU first (propagation uses spare time only).
+        # get the CPU first (propagation uses spare time only). torch releases the GIL during
+        # each op and takes it back after; with a second busy Python thread the model thread then
+        # waits up to the switch interval (5 ms) per op, so it is shortened.
+        if self.settings.propagate:
+            sys.setswitchinterval(PROPAGATION_SWITCH_INTERVAL_S)
         self._propagation_slots = FrameSlots(len(self.settings.image_topics))
         self._propagation_worker = FrameWorker(self._propagation_slots, self._propagate,
                                                rate=lambda: self.settings.propagate_rate,
