@@ -76,23 +76,16 @@ def find_objects(masks: np.ndarray, prompts: Sequence[str], thresholds: Sequence
     found = []
     for k in range(masks.shape[0]):
         inside = at_least(masks[k], mask_level(thresholds[k]))
-        # Labels from connectedComponents and boxes from the regions' outer contours (one each,
-        # both 8-connected): 5x faster than connectedComponentsWithStats at 1280x720.
-        _, components = cv2.connectedComponents(inside, connectivity=8, ltype=cv2.CV_32S)
-        contours, _ = cv2.findContours(inside, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+        count, components, stats, centroids = cv2.connectedComponentsWithStats(inside, connectivity=8,
+                                                                               ltype=cv2.CV_32S)
+        # Specks go in one vectorised step (a noisy mask has hundreds), before any per-object work.
+        kept = np.flatnonzero(stats[1:, cv2.CC_STAT_AREA] * (sx * sy) >= min_area) + 1
         candidates = []
-        for contour in contours:
-            x, y, w, h = cv2.boundingRect(contour)
-            if w * h * sx * sy < min_area:  # its area is at most its box's: skip specks cheaply
-                continue
-            c = int(components[contour[0, 0, 1], contour[0, 0, 0]])
+        for c in kept.tolist():
+            x, y, w, h, area = (int(v) for v in stats[c])
             window = components[y:y + h, x:x + w] == c
-            area = int(np.count_nonzero(window))
-            if area * sx * sy < min_area:
-                continue
             values = masks[k][y:y + h, x:x + w][window]
-            m = cv2.moments(window.view(np.uint8), binaryImage=True)
-            cx, cy = x + m["m10"] / m["m00"], y + m["m01"] / m["m00"]
+            cx, cy = centroids[c]
             x0, y0 = int(math.floor(x * sx + 1e-9)), int(math.floor(y * sy + 1e-9))
             x1, y1 = min(in_w, int(math.ceil((x + w) * sx - 1e-9))), min(in_h, int(math.ceil((y + h) * sy - 1e-9)))
             candidates.append(DetectedObject(
