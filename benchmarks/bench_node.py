@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import os
 import random
-import signal
 import statistics
 import subprocess
 import sys
@@ -29,6 +28,7 @@ import tempfile
 import time
 
 import numpy as np
+from camera_run import end_run, play  # noqa: E402
 from results_file import cpu_name, write_results
 
 from clipseg_ros.spinner import BackgroundSpinner
@@ -141,23 +141,9 @@ def latency(model: str, prompts: int, seconds: float, camera_hz: float) -> dict:
             pub.publish(msg)
             time.sleep(1 / camera_hz)
         arrivals.clear()
-        start = time.monotonic()
-        next_t = start
-        while time.monotonic() - start < seconds:
-            msg.header.stamp = cam.get_clock().now().to_msg()
-            pub.publish(msg)
-            sent += 1
-            next_t += 1 / camera_hz
-            time.sleep(max(0.0, next_t - time.monotonic()))
+        sent = play(pub, cam, [msg], seconds, camera_hz)
     finally:
-        node.send_signal(signal.SIGINT)
-        try:
-            node.wait(15)
-        except subprocess.TimeoutExpired:
-            node.kill()
-        spinner.stop()
-        cam.destroy_node()
-        rclpy.shutdown()
+        end_run(node, spinner, cam, rclpy)
     lat = [l * 1e3 for _, l in arrivals]
     thirds = [lat[i * len(lat) // 3:(i + 1) * len(lat) // 3] for i in range(3)]
     pct = lambda xs, q: float(np.percentile(xs, q)) if xs else float("nan")  # noqa: E731

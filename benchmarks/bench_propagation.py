@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import os
 import random
-import signal
 import statistics
 import subprocess
 import sys
@@ -34,6 +33,7 @@ import cv2
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from camera_run import end_run, play  # noqa: E402
 from results_file import cpu_name, write_results  # noqa: E402
 
 from clipseg_ros.messages import build_outputs  # noqa: E402
@@ -153,23 +153,9 @@ def node_rates(model: str, picture, propagate: bool, seconds: float, camera_hz: 
             time.sleep(1 / camera_hz)
         time.sleep(3.0)  # the measurement starts after warm-up
         outputs.clear()
-        start = next_t = time.monotonic()
-        while time.monotonic() - start < seconds:
-            msg = messages[k % len(messages)]
-            msg.header.stamp = cam.get_clock().now().to_msg()
-            pub.publish(msg)
-            k += 1
-            next_t += 1 / camera_hz
-            time.sleep(max(0.0, next_t - time.monotonic()))
+        play(pub, cam, messages, seconds, camera_hz, start=k)
     finally:
-        node.send_signal(signal.SIGINT)
-        try:
-            node.wait(15)
-        except subprocess.TimeoutExpired:
-            node.kill()
-        spinner.stop()
-        cam.destroy_node()
-        rclpy.shutdown()
+        end_run(node, spinner, cam, rclpy)
     model_n = sum(1 for _, p in outputs if not p)
     carried_n = sum(1 for _, p in outputs if p)
     row = {"propagate": propagate, "propagate_rate": propagate_rate if propagate else 0.0, "seconds": seconds,
