@@ -110,9 +110,11 @@ def propagation_cost(picture, repeats: int = 30) -> dict:
 def node_rates(model: str, picture, propagate: bool, seconds: float, camera_hz: float = 30.0,
                propagate_rate: float = 15.0) -> dict:
     """The real node: model and propagated outputs per second under a panning 30 Hz camera."""
-    domain = str(random.randint(1, 100))
-    env = dict(os.environ, ROS_DOMAIN_ID=domain, FASTDDS_BUILTIN_TRANSPORTS="LARGE_DATA", PYTHONUNBUFFERED="1")
-    os.environ.update(ROS_DOMAIN_ID=domain, FASTDDS_BUILTIN_TRANSPORTS="LARGE_DATA")
+    # One ROS context and domain for all runs of this process (a fresh context per run lost
+    # discovery with the third node now and then); the node processes run one after another.
+    os.environ.setdefault("ROS_DOMAIN_ID", str(random.randint(1, 100)))
+    os.environ["FASTDDS_BUILTIN_TRANSPORTS"] = "LARGE_DATA"
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
     names = ", ".join(f"'{p}'" for p in PROMPTS)
     log = tempfile.NamedTemporaryFile("w", prefix="clipseg_bench_prop_", suffix=".log", delete=False)
     node = subprocess.Popen([sys.executable, "-m", "clipseg_ros", "--ros-args", "-r", "__node:=clipseg",
@@ -132,8 +134,9 @@ def node_rates(model: str, picture, propagate: bool, seconds: float, camera_hz: 
     pan = [cv2.warpAffine(picture, motion(t, (H, W), shift=(2.0, 0.0)), (W, H), borderMode=cv2.BORDER_REFLECT_101)
            for t in range(60)]
     messages = [cv2_to_imgmsg(f, "rgb8") for f in pan + pan[::-1]]
-    rclpy.init()
-    cam = Node("bench_camera")
+    if not rclpy.ok():
+        rclpy.init()
+    cam = Node(f"bench_camera_{'on' if propagate else 'off'}_{int(propagate_rate)}")
     pub = cam.create_publisher(Image, "/bench/image", qos_profile_sensor_data)
     outputs: list[tuple[float, bool]] = []
     # the light topic: a subscriber decoding 8 masks per output would take CPU from the node here
@@ -155,7 +158,7 @@ def node_rates(model: str, picture, propagate: bool, seconds: float, camera_hz: 
         outputs.clear()
         play(pub, cam, messages, seconds, camera_hz, start=k)
     finally:
-        end_run(node, spinner, cam, rclpy)
+        end_run(node, spinner, cam)
     model_n = sum(1 for _, p in outputs if not p)
     carried_n = sum(1 for _, p in outputs if p)
     row = {"propagate": propagate, "propagate_rate": propagate_rate if propagate else 0.0, "seconds": seconds,
@@ -217,6 +220,10 @@ def main(argv=None) -> int:
             rows.append(on)
             print(f"propagate_rate {rate:g}: model rate with / without propagation {on['model_rate_ratio']}",
                   flush=True)
+        import rclpy
+
+        if rclpy.ok():
+            rclpy.shutdown()
         result["node"] = {"model": size, "camera_hz": 30.0, "rows": rows}
         result["flicker"] = flicker(model, picture)
     write_results(args.json, result)

@@ -21,8 +21,9 @@ def play(pub, clock_node, messages, seconds: float, hz: float, start: int = 0) -
     return sent
 
 
-def end_run(node: subprocess.Popen, spinner, camera_node, rclpy) -> None:
-    """SIGINT the node process (kill it after 15 s), then close this side's ROS."""
+def end_run(node: subprocess.Popen, spinner, camera_node, rclpy=None) -> None:
+    """SIGINT the node process (kill it after 15 s), then close this side's node (and ROS, when
+    ``rclpy`` is given)."""
     node.send_signal(signal.SIGINT)
     try:
         node.wait(15)
@@ -30,4 +31,5 @@ def end_run(node: subprocess.Popen, spinner, camera_node, rclpy) -> None:
         node.kill()
     spinner.stop()
     camera_node.destroy_node()
-    rclpy.shutdown()
+    if rclpy is not None:
+        rclpy.shutdown()
