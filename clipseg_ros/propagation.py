@@ -45,6 +45,14 @@ class FlowField:
     def __init__(self, options: FlowOptions = FlowOptions()):
         self.options = options
         self._dis = cv2.DISOpticalFlow_create(PRESETS[options.preset])
+        self._grid: np.ndarray | None = None
+
+    def grid(self, shape: tuple[int, int]) -> np.ndarray:
+        """(h, w, 2) float32 pixel positions (x, y) of a flow-grid frame: where nothing moved."""
+        if self._grid is None or self._grid.shape[:2] != tuple(shape):
+            h, w = shape
+            self._grid = np.dstack(np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32)))
+        return self._grid
 
     def grey(self, rgb: np.ndarray) -> np.ndarray:
         h, w = rgb.shape[:2]
@@ -57,9 +65,7 @@ class FlowField:
         """(map, error): ``map`` (h, w, 2) float32 = where each current pixel was in
         ``previous`` (x, y); ``error`` = mean |current - previous warped by it| / 255."""
         flow = self._dis.calc(current, previous, None)
-        h, w = current.shape
-        grid = np.dstack(np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32)))
-        where = grid + flow
+        where = self.grid(current.shape) + flow
         warped = cv2.remap(previous, where, None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
         error = float(cv2.mean(cv2.absdiff(warped, current))[0]) / 255.0
         return where, error
@@ -108,8 +114,7 @@ class MaskPropagator:
         uint8 masks, ``key`` what they were made with (the prompt set: another key stops)."""
         self._key, self._masks, self._size = key, masks, rgb.shape[:2]
         self._previous = self.flow.grey(rgb)
-        h, w = self._previous.shape
-        self._where = np.dstack(np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32)))
+        self._where = self.flow.grid(self._previous.shape).copy()
         self._frames, self._stopped = 0, ""
 
     def stop(self, reason: str) -> None:
@@ -171,8 +176,7 @@ class TemporalSmoother:
         if fresh:
             average = masks.astype(np.float32)
         else:
-            h, w = grey.shape
-            motion = where - np.dstack(np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32)))
+            motion = where - self.flow.grid(grey.shape)
             if float(np.percentile(np.hypot(motion[..., 0], motion[..., 1]), 95)) < STILL_MOTION_PX:
                 carried, inside = self._average, None
             else:
