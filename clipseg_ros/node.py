@@ -1,40 +1,34 @@
-"""The ROS 2 node: cameras and prompts in; masks, label, overlay and confidences out.
+"""The ROS 2 node: cameras and prompts in; masks, label, overlay, confidences, objects and 3D out.
 
 A thin shell over the ROS-free core. Data flows one way: message -> array (:mod:`conversions`)
--> engine -> SegmentationResult -> messages (:mod:`messages`). The roles it wires together live
-in their own modules: parameters (:mod:`settings`), prompts (:mod:`prompts`), frames and the
-inference thread (:mod:`cameras`), publishers (:mod:`outputs`), health (:mod:`diagnostics`),
-the process (:mod:`process`).
+-> engine -> SegmentationResult -> scene (:mod:`scene`) -> messages (:mod:`messages`). The roles
+it wires together live in their own modules: parameters (:mod:`settings`), prompt topics,
+services and store (:mod:`prompt_interfaces`), frames and the worker threads (:mod:`cameras`),
+depth inputs (:mod:`depth_inputs`), each camera over time (:mod:`temporal`), publishers
+(:mod:`outputs`), health (:mod:`diagnostics`), the process (:mod:`process`).
 
 Threads: the executor that spins the node only stores the newest message of each camera and
 handles parameters, lifecycle, diagnostics, ``~/prompts`` and ``~/set_thresholds``. Embedding an
-example image (a full vision pass) for ``~/prompt_image``, ``~/set_prompts``, ``~/teach`` and
-``~/teach_region`` runs on a thread of its own (a hidden helper node with its own executor,
-serving those names), so the rest stays answered
-meanwhile whatever executor spins the node. (rclpy's MultiThreadedExecutor would separate them
-too, but under the short soak's two cameras at 45 Hz its output fell from 5 to 1-2.6 Hz per
-window.) One worker thread runs the throttled inference loop.
+example image (a full vision pass) runs on the prompt interfaces' helper thread, so the rest
+stays answered meanwhile whatever executor spins the node. (rclpy's MultiThreadedExecutor would
+separate them too, but under the short soak's two cameras at 45 Hz its output fell from 5 to
+1-2.6 Hz per window.) One worker thread runs the throttled inference loop; with ``propagate`` a
+second, lower-priority one carries masks to the frames in between.
 """
 
 from __future__ import annotations
 
 import gc
 import sys
-import threading
 import time
 from dataclasses import dataclass
 
 from diagnostic_msgs.msg import DiagnosticArray
-from geometry_msgs.msg import PolygonStamped
 from rcl_interfaces.msg import SetParametersResult
-from rclpy.node import Node
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data, qos_profile_system_default
 from sensor_msgs.msg import CompressedImage, Image
-from std_msgs.msg import String
-
-from clipseg_ros_interfaces.srv import SetPrompts, SetThresholds, Teach
 
 from clipseg_ros import diagnostics
 from clipseg_ros.cameras import CameraSpec, Frame, FrameSlots, FrameWorker, camera_specs
@@ -46,21 +40,13 @@ from clipseg_ros.engine import ModelLoadError, SegmentationEngine
 from clipseg_ros.geometry import DepthError
 from clipseg_ros.messages import build_outputs
 from clipseg_ros.outputs import OutputPublishers, PublishGate
-from clipseg_ros.prompt_requests import (ExampleRequest, alpha_mask, box_from_roi, example_request,
-                                         examples_from_set_prompts, mask_from_msg, prompt_image_msg,
-                                         read_prompt_image, region_from_polygon, thresholds_from_request)
-from clipseg_ros.prompt_store import PromptStore, StoreCorrupt, StoreError
-from clipseg_ros.prompts import (ImagePrompt, PromptBook, PromptChange, PromptError, PromptState,
-                                 image_names_from_request, stored_prompts, texts_from_parameter,
-                                 texts_from_request, texts_from_topic, thresholds_from_parameter,
-                                 thresholds_to_parameter, tidy_texts)
+from clipseg_ros.prompt_interfaces import PromptInterfaces
+from clipseg_ros.prompts import PromptBook, PromptError, thresholds_from_parameter, tidy_texts
 from clipseg_ros.propagation import PropagationStopped
 from clipseg_ros.scene import DepthFrame, build_scene
+from clipseg_ros.settings import NodeSettings, parameter_specs, plain_value
 from clipseg_ros.temporal import CameraTimeline
-from clipseg_ros.settings import NodeSettings, parameter_specs
-from clipseg_ros.spinner import BackgroundSpinner
 from clipseg_ros.throttled_log import ThrottledLog, problem_kind
-
 
 PROPAGATION_SWITCH_INTERVAL_S = 0.0005
 
@@ -113,13 +99,8 @@ class ClipSegNode(LifecycleNode):
                                   thresholds=thresholds_from_parameter(values["prompt_thresholds"]))
         if initial != values["prompts"]:
             self.set_parameters([Parameter("prompts", Parameter.Type.STRING_ARRAY, initial)])
-        self._prompt_lock = threading.RLock()  # a prompt commit, its parameter mirror and its save, as one step
-        self._store = PromptStore(self.settings.prompt_store) if self.settings.prompt_store else None
-        self._store_failing = False  # warn once per run of failed saves
-        self._store_restored = False  # the store is read by the first configure only
-        self._prompt_image_node: Node | None = None  # serves the interfaces that embed example images
-        self._prompt_image_spinner: BackgroundSpinner | None = None
         self.log = ThrottledLog(self.get_logger())
+        self.prompt_interfaces = PromptInterfaces(self, self.prompts)
         self.engine: SegmentationEngine | None = None
         self.cameras: list[Camera] = []
         self._slots = FrameSlots(len(self.settings.image_topics))
@@ -135,8 +116,6 @@ class ClipSegNode(LifecycleNode):
         self._propagation_worker = FrameWorker(self._propagation_slots, self._propagate,
                                                rate=lambda: self.settings.propagate_rate,
                                                on_error=self._on_worker_error, name="clipseg_propagation", nice=10)
-        self._prompt_topic = None  # ~/prompts subscription: created by configure, destroyed by cleanup
-        self._thresholds_service = None  # ~/set_thresholds: likewise
         self._load_error = ""
         self.frames_processed = 0
         self.add_on_set_parameters_callback(self._on_set_parameters)
@@ -159,13 +138,9 @@ class ClipSegNode(LifecycleNode):
         self._load_error = ""
         self.get_logger().info(f"loaded '{s.model}' on {engine.device} ({dtype_name(engine.dtype)})")
         try:
-            with self._prompt_lock:
-                state = self.prompts.attach(engine)
-                restored = self._restore_store()
-                self._after_commit(restored if restored is not None else state)
+            self.prompt_interfaces.attach(engine)
         except PromptError as exc:
             self.get_logger().error(f"initial prompts refused: {exc}")
-            self.prompts.detach()
             return TransitionCallbackReturn.FAILURE
         self.engine = engine
         specs = camera_specs(s.image_topics, s.camera_names, resolve=self.resolve_topic_name)
@@ -173,56 +148,8 @@ class ClipSegNode(LifecycleNode):
                                OutputPublishers(self, spec.prefix, spatial=s.depth_topic_of(spec.index) is not None),
                                CameraTimeline(s.temporal_options))
                         for spec in specs]
-        self._prompt_topic = self.create_subscription(String, "~/prompts", self._on_prompts_topic, 10)
-        self._thresholds_service = self.create_service(SetThresholds, "~/set_thresholds", self._on_set_thresholds)
-        self._start_prompt_image_interfaces()
+        self.prompt_interfaces.start()
         return TransitionCallbackReturn.SUCCESS
-
-    def _restore_store(self) -> PromptState | None:
-        """Make the prompt store's content active (it takes precedence over the prompt
-        parameters); None when there is no store or it holds nothing usable. A store that cannot
-        be read back, or whose prompts cannot be used, is moved aside with one warning."""
-        if self._store is None or self._store_restored:
-            return None  # after a cleanup the book kept what was active; the store holds the same
-        self._store_restored = True
-        try:
-            stored = self._store.load()
-            if stored is None:
-                self.get_logger().info(f"prompt store {self._store.directory}: empty, starting with the prompt "
-                                       "parameters")
-                return None
-            state = self.prompts.apply(self.prompts.restoring(stored))
-        except (StoreCorrupt, PromptError) as exc:
-            try:
-                aside = f"moved aside to {self._store.set_aside()}"
-            except StoreError as move_exc:
-                aside = f"left in place ({move_exc}); it will be overwritten by the next change"
-            self.get_logger().warning(f"prompt store {self._store.directory} not used: {exc}. It was {aside}; "
-                                      f"starting with the prompt parameters {list(self.prompts.state.names)}")
-            return None
-        self.get_logger().info(f"prompt store {self._store.directory}: restored {list(state.names)} (the store "
-                               "takes precedence over the prompt parameters)")
-        return state
-
-    def _start_prompt_image_interfaces(self) -> None:
-        """``~/prompt_image`` and ``~/set_prompts`` (they embed example images: seconds of work)
-        on a hidden helper node spun by a thread of its own. Names are resolved by this node, so
-        its namespace and remappings apply; the helper ignores the process's arguments (a
-        ``__node:=`` remap would otherwise rename it too)."""
-        helper = Node(f"_{self.get_name()}_prompt_images", context=self.context, use_global_arguments=False,
-                      start_parameter_services=False, enable_rosout=False)
-        helper.create_subscription(Image, self.resolve_topic_name("~/prompt_image"), self._on_prompt_image, 10)
-        helper.create_service(SetPrompts, self.resolve_service_name("~/set_prompts"), self._on_set_prompts)
-        helper.create_service(Teach, self.resolve_service_name("~/teach"), self._on_teach)
-        helper.create_subscription(PolygonStamped, self.resolve_topic_name("~/teach_region"), self._on_teach_region, 10)
-        self._prompt_image_node = helper
-        self._prompt_image_spinner = BackgroundSpinner(helper, name="clipseg_prompt_images")
-
-    def _stop_prompt_image_interfaces(self, timeout: float) -> None:
-        if self._prompt_image_spinner is not None:
-            self._prompt_image_spinner.stop(timeout)  # an image being embedded is abandoned
-            self._prompt_image_node.destroy_node()
-        self._prompt_image_node = self._prompt_image_spinner = None
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         try:
@@ -291,18 +218,11 @@ class ClipSegNode(LifecycleNode):
         self._gate.close()
 
     def _release_engine(self, join_timeout: float = 5.0) -> None:
-        self._stop_prompt_image_interfaces(join_timeout)
-        if self._prompt_topic is not None:
-            self.destroy_subscription(self._prompt_topic)
-            self._prompt_topic = None
-        if self._thresholds_service is not None:
-            self.destroy_service(self._thresholds_service)
-            self._thresholds_service = None
+        self.prompt_interfaces.stop(join_timeout)
         for cam in self.cameras:
             cam.publishers.destroy()
         self.cameras = []
-        with self._prompt_lock:
-            self.prompts.detach()
+        self.prompt_interfaces.detach()
         if self.engine is not None:
             engine, self.engine = self.engine, None
             engine.release_cache()
@@ -331,22 +251,13 @@ class ClipSegNode(LifecycleNode):
                 self.declare_parameter(name, default, descriptor)
 
     def _parameter_values(self) -> dict:
-        return {name: _plain(self.get_parameter_or(name).value) for name, _, _ in parameter_specs()}
+        return {name: plain_value(self.get_parameter_or(name).value) for name, _, _ in parameter_specs()}
 
     def _on_set_parameters(self, params: list[Parameter]) -> SetParametersResult:
-        values = {p.name: _plain(p.value) for p in params}
+        values = {p.name: plain_value(p.value) for p in params}
         try:
             settings = self.settings.updated(values)
-            with self._prompt_lock:
-                change = PromptChange(
-                    texts=texts_from_parameter(values["prompts"]) if "prompts" in values else None,
-                    template=values.get("prompt_template"), max_prompts=values.get("max_prompts"),
-                    thresholds=(thresholds_from_parameter(values["prompt_thresholds"])
-                                if "prompt_thresholds" in values else None))
-                if self.prompts.check(change) != self.prompts.state:  # not just the mirror of a commit
-                    state = self.prompts.apply(change)
-                    self._report_prompts(state)
-                    self._save_prompts(state)
+            self.prompt_interfaces.on_parameters(values)
         except (PromptError, ValueError) as exc:
             names = ", ".join(f"{k}={v!r}" for k, v in values.items())
             self.get_logger().warning(f"rejected {names}: {exc}")
@@ -356,184 +267,6 @@ class ClipSegNode(LifecycleNode):
         self.settings = settings
         self._slots.wake()  # a new rate applies to the next wait
         return SetParametersResult(successful=True)
-
-    # ------------------------------------------------------------------ prompts (adapters)
-    def _commit_prompts(self, change: PromptChange) -> PromptState:
-        """Apply a change from a topic or a service, then :meth:`_after_commit`."""
-        with self._prompt_lock:
-            state = self.prompts.apply(change)
-            self._after_commit(state)
-            return state
-
-    def _after_commit(self, state: PromptState) -> None:
-        """Mirror what is active into the prompt parameters (so ``ros2 param get`` shows it),
-        log it and save it to the prompt store."""
-        mirrored = {"prompts": list(state.texts), "prompt_template": state.template,
-                    "prompt_thresholds": thresholds_to_parameter(state.thresholds)}
-        stale = [name for name, value in mirrored.items() if _plain(self.get_parameter(name).value) != value]
-        if stale:
-            types = {"prompt_template": Parameter.Type.STRING}
-            self.set_parameters([Parameter(name, types.get(name, Parameter.Type.STRING_ARRAY), mirrored[name])
-                                 for name in stale])
-        self._report_prompts(state)
-        self._save_prompts(state)
-
-    def _save_prompts(self, state: PromptState) -> None:
-        if self._store is None:
-            return
-        try:
-            self._store.save(stored_prompts(state))
-        except (StoreError, PromptError) as exc:
-            if not self._store_failing:
-                self.get_logger().warning(f"prompts are active but not saved: {exc}. The node keeps running; "
-                                          "this is said once until a save succeeds")
-            self._store_failing = True
-            return
-        if self._store_failing:
-            self.get_logger().info(f"prompt store {self._store.directory} written again")
-        self._store_failing = False
-
-    def _report_prompts(self, state: PromptState) -> None:
-        if state.prompt_set is not None:
-            for warning in state.prompt_set.warnings:
-                self.get_logger().warning(warning)
-        own = f"; thresholds {dict(state.thresholds)}" if state.thresholds else ""
-        self.get_logger().info(f"active prompts: {list(state.names)}{own}")
-
-    def _on_prompts_topic(self, msg: String) -> None:
-        try:
-            self._commit_prompts(PromptChange(texts=texts_from_topic(msg.data)))
-        except PromptError as exc:
-            self.log.warning(f"prompts_topic:{msg.data[:40]!r}", f"~/prompts {exc}")
-
-    def _embedded(self, request: ExampleRequest) -> ImagePrompt:
-        """Embed one example (a full vision pass: called on the prompt-image thread only)."""
-        return self.prompts.embed_image(request.name, request.example, request.text, request.text_weight)
-
-    def _on_prompt_image(self, msg: Image) -> None:
-        name = msg.header.frame_id.strip() or "image_prompt"
-        try:
-            self.prompts.check(PromptChange(added_images=(ImagePrompt(name),)))  # before the costly part
-            image = read_prompt_image(msg, self.settings.max_image_pixels, name)
-            request = example_request(name, image, None, alpha_mask(msg), self.settings.visual_prompt_style)
-            self._commit_prompts(PromptChange(added_images=(self._embedded(request),)))
-        except PromptError as exc:
-            self.log.warning(f"prompt_image:{problem_kind(str(exc))}", f"~/prompt_image '{name}' refused: {exc}")
-
-    def _serve(self, service: str, response, change, report):
-        """One prompt service call: ``change()`` commits and returns (state, message), or raises
-        PromptError (refused: logged, nothing changed); ``report(response, state)`` fills in
-        what is active either way."""
-        try:
-            state, response.message = change()
-            response.success = True
-        except PromptError as exc:
-            self.get_logger().warning(f"{service} refused: {exc}")
-            response.success, response.message, state = False, str(exc), self.prompts.state
-        report(response, state)
-        return response
-
-    @staticmethod
-    def _report_names(response, state: PromptState) -> None:
-        response.active_prompts = list(state.names)
-
-    def _on_set_prompts(self, request: SetPrompts.Request, response: SetPrompts.Response) -> SetPrompts.Response:
-        def change():
-            texts = texts_from_request(request.prompts)
-            names = image_names_from_request(request.image_prompt_names, len(request.image_prompts))
-            self.prompts.check(PromptChange(texts=texts, images=tuple(ImagePrompt(n) for n in names)))
-            examples = examples_from_set_prompts(request, names, self.settings.max_image_pixels,
-                                                 self.settings.visual_prompt_style)
-            images = tuple(self._embedded(example) for example in examples)
-            state = self._commit_prompts(PromptChange(texts=texts, images=images))
-            response.prompt_images = [prompt_image_msg(e.name, e.example) for e in examples]
-            return state, f"{len(state.names)} prompts active"
-        return self._serve("~/set_prompts", response, change, self._report_names)
-
-    # ------------------------------------------------------------------ teaching by showing
-    def _camera_for(self, selector: str) -> Camera:
-        """The camera a teach request means: by name, by topic (as given or resolved), by the
-        frame_id of its images, or the only camera for ''. PromptError otherwise."""
-        cameras = self.cameras
-        selector = selector.strip()
-        if not selector:
-            if len(cameras) == 1:
-                return cameras[0]
-            raise PromptError(f"{len(cameras)} cameras: name one of {[c.spec.name for c in cameras]}")
-        for cam in cameras:
-            latest = cam.latest
-            if selector in (cam.spec.name, cam.spec.topic, cam.spec.resolved_topic) or (
-                    latest is not None and selector == latest.header.frame_id):
-                return cam
-        raise PromptError(f"unknown camera '{selector}': one of {[c.spec.name for c in cameras]} (or their "
-                          "image topics)")
-
-    def _newest_frame(self, cam: Camera):
-        """The camera's newest frame as (message, RGB array); PromptError when there is none."""
-        msg = cam.latest
-        if msg is None:
-            raise PromptError(f"no frame from camera '{cam.spec.name}' ({cam.spec.resolved_topic}) yet"
-                              + ("" if self._camera_subscriptions else ": the node is not active"))
-        try:
-            return msg, read_rgb8(msg)
-        except ImageConversionError as exc:
-            raise PromptError(f"the newest frame of camera '{cam.spec.name}' cannot be read: {exc}") from exc
-
-    def _teach(self, camera: str, name: str, region_of, text: str = "", text_weight: float = 0.0,
-               style: str = "") -> tuple[PromptState, ExampleRequest]:
-        """Take the camera's newest frame, build the prompt image from the region that
-        ``region_of(image_size)`` returns (box, mask), embed it and add it under ``name``."""
-        name = name.strip()
-        if not name:
-            raise PromptError("the prompt has no name")
-        self.prompts.check(PromptChange(added_images=(ImagePrompt(name),)))  # before the costly part
-        cam = self._camera_for(camera)
-        _, rgb = self._newest_frame(cam)
-        box, mask = region_of(rgb.shape[:2])
-        request = example_request(name, rgb, box, mask, style or self.settings.visual_prompt_style, text, text_weight)
-        if not request.example.has_region:
-            raise PromptError(f"'{name}': no region (give a box, a mask or both)")
-        state = self._commit_prompts(PromptChange(added_images=(self._embedded(request),)))
-        self.get_logger().info(f"taught '{name}' from camera '{cam.spec.name}' ({request.example.style})")
-        return state, request
-
-    def _on_teach(self, request: Teach.Request, response: Teach.Response) -> Teach.Response:
-        def region(_size):
-            mask = mask_from_msg(request.mask, self.settings.max_image_pixels)
-            box = box_from_roi(request.box)
-            if box is None and mask is None:
-                raise PromptError(f"'{request.name.strip()}': no region (give a box, a mask or both)")
-            return box, mask
-
-        def change():
-            state, taught = self._teach(request.camera, request.name, region, request.text, request.text_weight,
-                                        request.style)
-            response.prompt_image = prompt_image_msg(taught.name, taught.example)
-            return state, f"'{taught.name}' taught; {len(state.names)} prompts active"
-        return self._serve("~/teach", response, change, self._report_names)
-
-    def _on_teach_region(self, msg: PolygonStamped) -> None:
-        """A region drawn on a camera image (pixels; frame_id selects the camera), taught under
-        the ``teach_name`` parameter."""
-        points = [(float(p.x), float(p.y)) for p in msg.polygon.points]
-        try:
-            if not self.settings.teach_name.strip():
-                raise PromptError("set the teach_name parameter to the name to teach first")
-            self._teach(msg.header.frame_id, self.settings.teach_name,
-                        lambda size: region_from_polygon(points, size, self.settings.teach_point_size))
-        except PromptError as exc:
-            self.log.warning(f"teach_region:{problem_kind(str(exc))}", f"~/teach_region refused: {exc}")
-
-    def _on_set_thresholds(self, request: SetThresholds.Request,
-                           response: SetThresholds.Response) -> SetThresholds.Response:
-        def change():
-            state = self._commit_prompts(PromptChange(
-                added_thresholds=thresholds_from_request(request.prompts, request.thresholds)))
-            return state, f"{len(state.thresholds)} prompts have their own threshold"
-
-        def report(response, state):
-            response.thresholds = thresholds_to_parameter(state.thresholds)
-        return self._serve("~/set_thresholds", response, change, report)
 
     # ------------------------------------------------------------------ cameras
     def _on_image(self, cam: Camera, msg) -> None:
@@ -681,8 +414,7 @@ class ClipSegNode(LifecycleNode):
             "active prompts": str(len(prompts)),
             "prompts": "; ".join(prompts),
             "rate (Hz)": f"{s.rate:g}",
-            "prompt store": (("none" if self._store is None else str(self._store.directory))
-                             + (" (last save failed)" if self._store_failing else "")),
+            "prompt store": self.prompt_interfaces.store_status,
             "frames processed": str(self.frames_processed),
             "out-of-memory retries": str(engine.oom_retries if engine is not None else 0),
         }
@@ -711,17 +443,10 @@ class ClipSegNode(LifecycleNode):
         # frame still in flight is abandoned (the thread is a daemon).
         self._gate.close()
         self._stop_work(join_timeout=0.5)
-        self._stop_prompt_image_interfaces(timeout=0.2)
+        self.prompt_interfaces.stop(timeout=0.2)
         super().destroy_node()
         # rclpy's LifecycleNode leaves its state machine, and through it the node handle and the
         # DDS participant, to the garbage collector. Release it now so that shutdown removes the
         # participant's shared-memory segments in /dev/shm and tells peers it left (a fast exit
         # would otherwise leave 8 files behind per run and stale peers for others to time out).
         self._state_machine.destroy_when_not_in_use()
-
-
-def _plain(value):
-    """A parameter value as plain Python: arrays as lists, an unset string array as []."""
-    if value is None:
-        return []
-    return list(value) if isinstance(value, (list, tuple)) else value

@@ -249,6 +249,13 @@ class NodeSettings:
         return depth, info or camera_info_topic(depth)
 
 
+def plain_value(value):
+    """A parameter value as plain Python: arrays as lists, an unset string array as []."""
+    if value is None:
+        return []
+    return list(value) if isinstance(value, (list, tuple)) else value
+
+
 def _frozen(value):
     """Parameter arrays as tuples, so settings stay immutable."""
     return tuple(value) if isinstance(value, (list, tuple)) else value
