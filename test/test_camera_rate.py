@@ -110,7 +110,7 @@ def test_a_scene_cut_stops_propagation_and_diagnostics_say_so(node, client):
     def propagation(publish):
         def state():
             publish()
-            for array in list(arrays):
+            for array in reversed(list(arrays)):  # the newest first
                 for status in array.status:
                     kv = {v.key: v.value for v in status.values}
                     if status.name.endswith(": rate_cam") and "propagation" in kv:
