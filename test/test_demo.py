@@ -9,6 +9,9 @@ import sys
 def test_demo_on_bundled_images_offline(tmp_path):
     out = tmp_path / "demo"
     env = dict(os.environ, HF_HUB_OFFLINE="1")  # CI has no model hub: exercise the fallback
+    # A domain of its own: once, run right after the camera-rate tests' node in the same domain,
+    # the demo's node and player never saw each other (cause not established).
+    env["ROS_DOMAIN_ID"] = str((int(os.environ["ROS_DOMAIN_ID"]) + 101) % 232)
     proc = subprocess.run([sys.executable, "-m", "clipseg_ros.demo", "--output", str(out), "--max-frames", "2",
                            "--prompts", "cup; cat", "--timeout", "120"],
                           env=env, capture_output=True, text=True, timeout=240)
