@@ -17,14 +17,13 @@ sampled pixel (1.8 input pixels at 640x480, 5.5 at 1920x1080).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Sequence
 
 import cv2
 import numpy as np
 
-from clipseg_ros.postprocess import at_least, mask_level
+from clipseg_ros.postprocess import at_least, grid_box_in_input, grid_point_in_input, mask_level
 
 OBJECT_GRID_MAX = 352  # the model's own grid
 
@@ -85,12 +84,10 @@ def find_objects(masks: np.ndarray, prompts: Sequence[str], thresholds: Sequence
             x, y, w, h, area = (int(v) for v in stats[c])
             window = components[y:y + h, x:x + w] == c
             values = masks[k][y:y + h, x:x + w][window]
-            cx, cy = centroids[c]
-            x0, y0 = int(math.floor(x * sx + 1e-9)), int(math.floor(y * sy + 1e-9))
-            x1, y1 = min(in_w, int(math.ceil((x + w) * sx - 1e-9))), min(in_h, int(math.ceil((y + h) * sy - 1e-9)))
             candidates.append(DetectedObject(
-                prompt_index=k, prompt=str(prompts[k]), bbox=(x0, y0, x1 - x0, y1 - y0),
-                centroid=(float((cx + 0.5) * sx - 0.5), float((cy + 0.5) * sy - 0.5)), area=area * sx * sy,
+                prompt_index=k, prompt=str(prompts[k]),
+                bbox=grid_box_in_input((x, y, w, h), (sx, sy), (in_h, in_w)),
+                centroid=grid_point_in_input(*centroids[c], (sx, sy)), area=area * sx * sy,
                 max_score=float(values.max()) / 255.0, mean_score=float(values.mean()) / 255.0, component=c,
                 grid_bbox=(x, y, w, h)))
         candidates.sort(key=lambda o: (-o.max_score, -o.mean_score, -o.area, o.bbox[1], o.bbox[0]))

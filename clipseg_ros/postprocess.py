@@ -60,6 +60,11 @@ class SegmentationResult:
     timings_ms: dict = field(default_factory=dict)
     thresholds: tuple[float, ...] = ()
 
+    @property
+    def prompt_thresholds(self) -> tuple[float, ...]:
+        """The threshold each prompt used: ``thresholds``, or the default for every prompt."""
+        return self.thresholds or per_prompt(self.threshold, None, len(self.prompts))
+
 
 def empty_result(image_size: tuple[int, int], threshold: float) -> SegmentationResult:
     """Valid result for an empty prompt set: no masks, all-background label."""
@@ -112,7 +117,7 @@ def result_from_masks(masks: np.ndarray, like: SegmentationResult) -> Segmentati
     """A result for other (N, H, W) uint8 masks of ``like``'s prompts, thresholds and image (masks
     carried to a later frame, or smoothed): label and stats recomputed from them, ``max_score``
     from the masks themselves."""
-    thresholds = like.thresholds or per_prompt(like.threshold, None, len(like.prompts))
+    thresholds = like.prompt_thresholds
     max_scores = [float(m.max()) / 255.0 if m.size else 0.0 for m in masks]
     return SegmentationResult(prompts=list(like.prompts), masks=masks, label=label_from_masks(masks, thresholds),
                               stats=mask_stats(masks, like.prompts, max_scores, like.image_size, thresholds),
@@ -184,6 +189,23 @@ def mask_level(threshold: float) -> int:
     return int(math.ceil(round(threshold * 255.0, 3)))
 
 
+def grid_box_in_input(box: tuple[int, int, int, int], scale: tuple[float, float],
+                      image_size: tuple[int, int]) -> tuple[int, int, int, int]:
+    """A (x, y, w, h) box on a mask grid as input-image pixels: a grid pixel covers ``scale``
+    (sx, sy) input pixels; edges are rounded outwards and clipped to the image (H, W)."""
+    x, y, w, h = box
+    sx, sy = scale
+    x_off, y_off = int(math.floor(x * sx + 1e-9)), int(math.floor(y * sy + 1e-9))
+    x_end = min(int(image_size[1]), int(math.ceil((x + w) * sx - 1e-9)))
+    y_end = min(int(image_size[0]), int(math.ceil((y + h) * sy - 1e-9)))
+    return x_off, y_off, x_end - x_off, y_end - y_off
+
+
+def grid_point_in_input(x: float, y: float, scale: tuple[float, float]) -> tuple[float, float]:
+    """A position on a mask grid (pixel centres at integers) in input-image pixels."""
+    return float((x + 0.5) * scale[0] - 0.5), float((y + 0.5) * scale[1] - 0.5)
+
+
 def mask_stats(masks: np.ndarray, prompts: Sequence[str], max_scores: Sequence[float],
                image_size: tuple[int, int], threshold: float | Sequence[float]) -> list[PromptStats]:
     """Per-prompt stats from (N, h, w) uint8 masks on any grid, in input-image pixels, each with
@@ -202,13 +224,9 @@ def mask_stats(masks: np.ndarray, prompts: Sequence[str], max_scores: Sequence[f
         inside = at_least(masks[k], mask_level(thresholds[k]))
         area = cv2.countNonZero(inside)
         if area:
-            x, y, w, h = cv2.boundingRect(inside)
-            x_off, y_off = int(math.floor(x * sx + 1e-9)), int(math.floor(y * sy + 1e-9))
-            x_end = min(in_w, int(math.ceil((x + w) * sx - 1e-9)))
-            y_end = min(in_h, int(math.ceil((y + h) * sy - 1e-9)))
-            bbox = (x_off, y_off, x_end - x_off, y_end - y_off)
+            bbox = grid_box_in_input(cv2.boundingRect(inside), (sx, sy), (in_h, in_w))
             m = cv2.moments(inside, binaryImage=True)
-            centroid = ((m["m10"] / m["m00"] + 0.5) * sx - 0.5, (m["m01"] / m["m00"] + 0.5) * sy - 0.5)
+            centroid = grid_point_in_input(m["m10"] / m["m00"], m["m01"] / m["m00"], (sx, sy))
             mean = cv2.mean(masks[k], mask=inside)[0] / 255.0
         else:
             bbox, centroid, mean = (0, 0, 0, 0), (math.nan, math.nan), 0.0

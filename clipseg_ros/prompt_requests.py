@@ -17,7 +17,8 @@ import cv2
 import numpy as np
 from sensor_msgs.msg import Image, RegionOfInterest
 
-from clipseg_ros.conversions import ImageConversionError, cv2_to_imgmsg, imgmsg_to_numpy, read_rgb8
+from clipseg_ros.conversions import (ImageConversionError, check_image_size, cv2_to_imgmsg, imgmsg_to_numpy,
+                                     read_rgb8)
 from clipseg_ros.prompts import DEFAULT_TEXT_WEIGHT, PromptError, check_threshold
 from clipseg_ros.visual_prompts import Box, ExampleImage, RegionError, make_example
 
@@ -46,9 +47,8 @@ def mask_from_msg(msg: Image | None, max_pixels: int) -> np.ndarray | None:
         return None
     if msg.encoding.lower() not in ("mono8", "8uc1"):
         raise PromptError(f"mask encoding is '{msg.encoding}': send mono8 (non-zero = object)")
-    if msg.width * msg.height > max_pixels:
-        raise PromptError(f"mask {msg.width}x{msg.height} is over max_image_pixels={max_pixels}")
     try:
+        check_image_size(msg, max_pixels)
         return np.array(imgmsg_to_numpy(msg), np.uint8)  # a copy: the message's buffer is not ours
     except ImageConversionError as exc:
         raise PromptError(f"mask: {exc}") from exc

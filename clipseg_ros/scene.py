@@ -75,8 +75,7 @@ class Scene:
 def build_scene(result: SegmentationResult, depth: DepthFrame | None, options: SceneOptions) -> Scene:
     """Objects of every prompt of ``result``; with ``depth`` (same view as the colour frame,
     any resolution: see :func:`geometry.check_same_view`) their 3D positions and the clouds."""
-    thresholds = result.thresholds or (result.threshold,) * len(result.prompts)
-    found = find_objects(result.masks, result.prompts, thresholds, result.image_size,
+    found = find_objects(result.masks, result.prompts, result.prompt_thresholds, result.image_size,
                          min_area=options.min_object_area, max_objects=options.max_objects)
     if depth is None:
         return Scene(tuple(tuple(SceneObject(o, NO_POSITION) for o in p.objects) for p in found))
