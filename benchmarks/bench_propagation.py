@@ -10,8 +10,10 @@ model, and how much smoothing reduces flicker. One run, one machine.
 2. Cost per propagated frame at 640x480 with 8 prompts: the node's path (carry the masks, label,
    stats, objects, tracks, all output messages with the overlay).
 3. The real node under a 30 Hz 640x480 camera panning over the photo, random rd64-refined
-   weights, rate 0 (the model as fast as it goes), 8 prompts: model outputs and propagated
-   outputs per second, with propagation off and on at propagate_rate 5, 10 and 15 Hz.
+   weights, 8 prompts: model outputs and propagated outputs per second, with propagation off
+   and on at propagate_rate 5, 10 and 15 Hz, at rate 0 (the model as fast as it goes: no spare
+   CPU time on 2 cores); then off and on (15 Hz) at rate 1 Hz (the model throttled below what
+   the CPU can do, leaving spare time).
 4. Flicker on a static scene (the photo plus sensor noise, sigma 2 grey levels): the share of
    mask pixels (in either of two consecutive frames' thresholded masks) that change, with the
    engine alone and with smoothing 0.5, over 12 model frames.
@@ -108,7 +110,7 @@ def propagation_cost(picture, repeats: int = 30) -> dict:
 
 
 def node_rates(model: str, picture, propagate: bool, seconds: float, camera_hz: float = 30.0,
-               propagate_rate: float = 15.0) -> dict:
+               propagate_rate: float = 15.0, model_rate: float = 0.0) -> dict:
     """The real node: model and propagated outputs per second under a panning 30 Hz camera."""
     # One ROS context and domain for all runs of this process (a fresh context per run lost
     # discovery with the third node now and then); the node processes run one after another.
@@ -118,7 +120,7 @@ def node_rates(model: str, picture, propagate: bool, seconds: float, camera_hz: 
     names = ", ".join(f"'{p}'" for p in PROMPTS)
     log = tempfile.NamedTemporaryFile("w", prefix="clipseg_bench_prop_", suffix=".log", delete=False)
     node = subprocess.Popen([sys.executable, "-m", "clipseg_ros", "--ros-args", "-r", "__node:=clipseg",
-                             "-p", f"model:={model}", "-p", f"prompts:=[{names}]", "-p", "rate:=0.0",
+                             "-p", f"model:={model}", "-p", f"prompts:=[{names}]", "-p", f"rate:={model_rate}",
                              "-p", "image_topics:=[/bench/image]", "-p", f"propagate:={str(propagate).lower()}",
                              "-p", f"propagate_rate:={propagate_rate}"], env=env, stdout=log,
                             stderr=subprocess.STDOUT)
@@ -136,7 +138,7 @@ def node_rates(model: str, picture, propagate: bool, seconds: float, camera_hz: 
     messages = [cv2_to_imgmsg(f, "rgb8") for f in pan + pan[::-1]]
     if not rclpy.ok():
         rclpy.init()
-    cam = Node(f"bench_camera_{'on' if propagate else 'off'}_{int(propagate_rate)}")
+    cam = Node(f"bench_camera_{'on' if propagate else 'off'}_{int(propagate_rate)}_{int(model_rate * 10)}")
     pub = cam.create_publisher(Image, "/bench/image", qos_profile_sensor_data)
     outputs: list[tuple[float, bool]] = []
     # the light topic: a subscriber decoding 8 masks per output would take CPU from the node here
@@ -161,7 +163,8 @@ def node_rates(model: str, picture, propagate: bool, seconds: float, camera_hz: 
         end_run(node, spinner, cam)
     model_n = sum(1 for _, p in outputs if not p)
     carried_n = sum(1 for _, p in outputs if p)
-    row = {"propagate": propagate, "propagate_rate": propagate_rate if propagate else 0.0, "seconds": seconds,
+    row = {"rate": model_rate, "propagate": propagate, "propagate_rate": propagate_rate if propagate else 0.0,
+           "seconds": seconds,
            "model_hz": round(model_n / seconds, 3),
            "propagated_hz": round(carried_n / seconds, 2), "outputs_hz": round(len(outputs) / seconds, 2)}
     print(f"node, propagate={propagate}: {row}", flush=True)
@@ -224,6 +227,13 @@ def main(argv=None) -> int:
 
         if rclpy.ok():
             rclpy.shutdown()
+        # The model throttled below what the CPU can do (rate 1 Hz, ~0.67 s a frame): the rest of
+        # each second is the spare time propagation is meant to use.
+        throttled_off = node_rates(model, picture, False, seconds, model_rate=1.0)
+        throttled_on = node_rates(model, picture, True, seconds, propagate_rate=15.0, model_rate=1.0)
+        throttled_on["model_rate_ratio"] = (round(throttled_on["model_hz"] / throttled_off["model_hz"], 3)
+                                            if throttled_off["model_hz"] else None)
+        rows += [throttled_off, throttled_on]
         result["node"] = {"model": size, "camera_hz": 30.0, "rows": rows}
         result["flicker"] = flicker(model, picture)
     write_results(args.json, result)

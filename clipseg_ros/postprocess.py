@@ -113,14 +113,17 @@ def postprocess_logits(logits: torch.Tensor, prompts: Sequence[str], image_size:
                               stats=stats, threshold=float(threshold), image_size=(in_h, in_w), thresholds=levels)
 
 
-def result_from_masks(masks: np.ndarray, like: SegmentationResult) -> SegmentationResult:
+def result_from_masks(masks: np.ndarray, like: SegmentationResult,
+                      coarse_masks: np.ndarray | None = None) -> SegmentationResult:
     """A result for other (N, H, W) uint8 masks of ``like``'s prompts, thresholds and image (masks
     carried to a later frame, or smoothed): label and stats recomputed from them, ``max_score``
-    from the masks themselves."""
+    from the masks themselves. ``coarse_masks``: the same masks on a coarser grid, from which
+    stats and max scores are measured instead (a quarter of the pixels at half the width)."""
     thresholds = like.prompt_thresholds
-    max_scores = [float(m.max()) / 255.0 if m.size else 0.0 for m in masks]
+    measured = masks if coarse_masks is None else coarse_masks
+    max_scores = [float(m.max()) / 255.0 if m.size else 0.0 for m in measured]
     return SegmentationResult(prompts=list(like.prompts), masks=masks, label=label_from_masks(masks, thresholds),
-                              stats=mask_stats(masks, like.prompts, max_scores, like.image_size, thresholds),
+                              stats=mask_stats(measured, like.prompts, max_scores, like.image_size, thresholds),
                               threshold=like.threshold, image_size=like.image_size, timings_ms=dict(like.timings_ms),
                               thresholds=tuple(thresholds))
 

@@ -80,7 +80,7 @@ class CameraTimeline:
                 raise
             self.propagated_frames += 1
             self.last_age = stamp - self.model_stamp
-            result = result_from_masks(carried.masks, self._result)
+            result = result_from_masks(carried.masks, self._result, carried.grid_masks)
             result.timings_ms = {}
             return result, ModelFrame(self.model_stamp, carried.frames)
 
