@@ -18,6 +18,8 @@ setup(
     # the ROS dependencies come from rosdep (package.xml).
     install_requires=["setuptools", "numpy", "pillow", "opencv-python-headless", "transformers>=4.46",
                       "safetensors"],
+    # the labeller: rosbag2 in/out, COCO RLE, progress bar
+    extras_require={"label": ["rosbags", "pycocotools", "tqdm"]},
     zip_safe=True,
     maintainer="clipseg_ros maintainers",
     maintainer_email="maintainers@clipseg-ros.invalid",
@@ -27,6 +29,7 @@ setup(
         "console_scripts": [
             "clipseg_node = clipseg_ros.process:run",
             "clipseg_demo = clipseg_ros.demo:main",
+            "clipseg-label = clipseg_ros.label:main",
         ],
     },
 )

@@ -173,6 +173,21 @@ def label_from_masks(masks: np.ndarray, threshold: float | Sequence[float]) -> n
     return label
 
 
+def wide_label_from_masks(masks: np.ndarray, thresholds: Sequence[float]) -> np.ndarray:
+    """:func:`label_from_masks` for any number of prompts: (H, W) uint16 when there are more than
+    255 (uint8 otherwise, and then exactly :func:`label_from_masks`). Same rule: of the prompts
+    whose mask reaches its level, 1 + the most probable, ties to the lower index, 0 for none."""
+    if masks.shape[0] <= MAX_LABELS:
+        return label_from_masks(masks, thresholds)
+    levels = np.array([mask_level(t) for t in thresholds], np.int16)[:, None, None]
+    # -1 where a prompt does not pass, so that a passing value of 0 (level 0) still wins
+    scores = np.where(masks >= levels, masks.astype(np.int16), np.int16(-1))
+    best = scores.argmax(axis=0)
+    label = (best + 1).astype(np.uint16)
+    label[np.take_along_axis(scores, best[None], axis=0)[0] < 0] = 0
+    return label
+
+
 def _relabel(label: np.ndarray, better: np.ndarray, k: int) -> np.ndarray:
     value = min(k + 1, MAX_LABELS)
     return cv2.bitwise_or(cv2.bitwise_and(label, cv2.bitwise_not(better)),

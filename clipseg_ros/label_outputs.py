@@ -1,0 +1,247 @@
+"""The labeller's output folder: what was labelled with what, per-frame files, resuming.
+
+No ROS, no torch. Layout of an output folder::
+
+    run.json                      model, prompts, thresholds, template, image prompts (by hash)
+    labels/<name>.png             label image: 0 = none, k = prompts[k-1]; uint8, uint16 past 255 prompts
+    probabilities/<name>/<k>.png  (optional) prompt k's probability * 255, uint8
+    images/<name>.png             (videos and bags) the frame itself, for labelling tools
+    frames/<name>.json            the frame's record: source, hashes, confidences, objects (RLE)
+    labels.json                   all records in source order, and the frames that were skipped
+    coco_semantic.json, coco_instances.json   (see :mod:`clipseg_ros.coco_export`)
+
+Every file is written to a temporary name and renamed, and a frame's record is written last:
+a frame is done when its record exists and every file it lists has the hash it lists. A rerun
+skips frames that are done for the same input pixels and the same run settings (checked by
+content, not by names), so an interrupted run (Ctrl-C, disk full) resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import cv2
+import numpy as np
+
+RUN_FILE = "run.json"
+SUMMARY_FILE = "labels.json"
+OUTPUT_DIRS = ("labels", "probabilities", "images", "frames")
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+class OutputConflict(RuntimeError):
+    """The output folder holds labels made with other settings; the message says which."""
+
+
+class DiskFull(OSError):
+    """Writing stopped because the disk (or quota) is full; nothing was left half-written."""
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """What decides the labels: two runs with equal configs write identical files."""
+
+    model: str
+    prompts: tuple[str, ...]
+    thresholds: tuple[float, ...]
+    template: str
+    threshold: float = 0.4  # the default, for prompts without their own (each one's is in thresholds)
+    image_prompts: tuple[tuple[str, str], ...] = ()  # (name, sha256 of the prompt image)
+    probabilities: bool = False
+    min_object_area: float = 64.0
+    max_objects: int = 16
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @staticmethod
+    def from_json(doc: dict) -> "RunConfig":
+        return RunConfig(model=str(doc["model"]), prompts=tuple(doc["prompts"]),
+                         thresholds=tuple(float(t) for t in doc["thresholds"]), template=str(doc["template"]),
+                         threshold=float(doc.get("threshold", 0.4)),
+                         image_prompts=tuple(tuple(p) for p in doc.get("image_prompts", ())),
+                         probabilities=bool(doc.get("probabilities", False)),
+                         min_object_area=float(doc.get("min_object_area", 64.0)),
+                         max_objects=int(doc.get("max_objects", 16)))
+
+    def differences(self, other: "RunConfig") -> list[str]:
+        mine, theirs = self.to_json(), other.to_json()
+        return [f"{key}: {theirs[key]!r} there, {mine[key]!r} now" for key in mine if mine[key] != theirs[key]]
+
+    @property
+    def digest(self) -> str:
+        return sha256_bytes(json.dumps(self.to_json(), sort_keys=True).encode())
+
+
+@dataclass(frozen=True, eq=False)
+class FrameFiles:
+    """What one frame writes: the label, optional probabilities (N, H, W) uint8, and the frame
+    itself (RGB) for sources that are not image files."""
+
+    label: np.ndarray
+    probabilities: np.ndarray | None = None
+    image: np.ndarray | None = None
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def pixels_digest(rgb: np.ndarray) -> str:
+    """A frame's content: its shape and pixel bytes (the same picture from another file or
+    encoding gives the same digest)."""
+    h = hashlib.sha256(repr((rgb.shape, str(rgb.dtype))).encode())
+    h.update(np.ascontiguousarray(rgb).data)
+    return h.hexdigest()
+
+
+def label_dtype(prompt_count: int):
+    """uint8 up to 255 prompts, uint16 past that (label k = prompts[k-1])."""
+    return np.uint8 if prompt_count <= 255 else np.uint16
+
+
+def encode_png(pixels: np.ndarray) -> bytes:
+    ok, data = cv2.imencode(".png", pixels, [cv2.IMWRITE_PNG_COMPRESSION, 1])
+    if not ok:
+        raise ValueError(f"cannot encode a {pixels.shape} {pixels.dtype} image as PNG")
+    return data.tobytes()
+
+
+def read_png(path: Path) -> np.ndarray:
+    pixels = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if pixels is None:
+        raise ValueError(f"{path} is not a readable PNG")
+    return pixels
+
+
+class OutputFolder:
+    """One labeller output folder for one :class:`RunConfig`. OutputConflict at construction
+    when it holds labels made with another config and ``replace`` is not set (with ``replace``,
+    the old outputs are deleted first)."""
+
+    def __init__(self, root: str | os.PathLike, config: RunConfig, replace: bool = False):
+        self.root = Path(root).expanduser()
+        self.config = config
+        self.root.mkdir(parents=True, exist_ok=True)
+        run = self.root / RUN_FILE
+        if run.exists():
+            try:
+                previous = RunConfig.from_json(json.loads(run.read_text()))
+                differences = config.differences(previous)
+            except (ValueError, KeyError, TypeError) as exc:
+                differences = [f"its {RUN_FILE} is unreadable ({exc})"]
+            if differences and not replace:
+                raise OutputConflict(f"{self.root} holds labels made with other settings ("
+                                     + "; ".join(differences) + "): pick another folder, or pass --replace "
+                                     "to delete them and label again")
+            if differences:
+                self.clear()
+        elif any((self.root / d).exists() for d in OUTPUT_DIRS) and not replace:
+            raise OutputConflict(f"{self.root} holds label folders but no {RUN_FILE}: pick another folder, or "
+                                 "pass --replace to delete them")
+        elif replace:
+            self.clear()
+        self._write_if_changed(run, json.dumps(config.to_json(), indent=1).encode())
+
+    def clear(self) -> None:
+        for d in OUTPUT_DIRS:
+            shutil.rmtree(self.root / d, ignore_errors=True)
+        for f in (RUN_FILE, SUMMARY_FILE, "coco_semantic.json", "coco_instances.json"):
+            (self.root / f).unlink(missing_ok=True)
+
+    # -------------------------------------------------------------- paths
+    def record_path(self, name: str) -> Path:
+        return self.root / "frames" / f"{name}.json"
+
+    def label_path(self, name: str) -> Path:
+        return self.root / "labels" / f"{name}.png"
+
+    # -------------------------------------------------------------- resuming
+    def done(self, name: str, source_digest: str) -> dict | None:
+        """The frame's record when it is done for these input pixels and this config (every
+        file it lists present with its hash); None otherwise."""
+        try:
+            record = json.loads(self.record_path(name).read_text())
+        except (OSError, ValueError):
+            return None
+        if record.get("source_sha256") != source_digest or record.get("run") != self.config.digest:
+            return None
+        for relative, digest in record.get("files", {}).items():
+            try:
+                if sha256_bytes((self.root / relative).read_bytes()) != digest:
+                    return None
+            except OSError:
+                return None
+        return record
+
+    # -------------------------------------------------------------- writing
+    def write_frame(self, name: str, record: dict, files: FrameFiles) -> dict:
+        """Write a frame's files, then its record (with ``source_sha256`` already in it);
+        returns the record as written. DiskFull (nothing of this frame left behind) when
+        the disk is full."""
+        outputs = {self.label_path(name): encode_png(files.label)}
+        if files.probabilities is not None:
+            for k, plane in enumerate(files.probabilities):
+                outputs[self.root / "probabilities" / name / f"{k}.png"] = encode_png(plane)
+        if files.image is not None:
+            outputs[self.root / "images" / f"{name}.png"] = encode_png(cv2.cvtColor(files.image, cv2.COLOR_RGB2BGR))
+        record = dict(record, name=name, run=self.config.digest,
+                      files={p.relative_to(self.root).as_posix(): sha256_bytes(d) for p, d in outputs.items()})
+        written: list[Path] = []
+        try:
+            for path, data in outputs.items():
+                self._write(path, data)
+                written.append(path)
+            self._write(self.record_path(name), json.dumps(record).encode())
+        except OSError as exc:
+            if exc.errno in DISK_FULL:
+                for path in written:  # the frame is not done: none of it stays
+                    path.unlink(missing_ok=True)
+                raise DiskFull(exc.errno, f"the disk is full writing {name}: {exc.strerror}") from exc
+            raise
+        return record
+
+    def write_summary(self, records: Iterable[dict], skipped: Sequence[dict], extra: dict | None = None) -> Path:
+        doc = {"run": self.config.to_json(), **(extra or {}), "frames": list(records), "skipped": list(skipped)}
+        path = self.root / SUMMARY_FILE
+        self._write_if_changed(path, json.dumps(doc, indent=1).encode())
+        return path
+
+    def write_json(self, filename: str, doc: dict) -> Path:
+        path = self.root / filename
+        self._write_if_changed(path, json.dumps(doc).encode())
+        return path
+
+    @classmethod
+    def _write_if_changed(cls, path: Path, data: bytes) -> None:
+        """A rerun that labels nothing new rewrites nothing."""
+        try:
+            if path.read_bytes() == data:
+                return
+        except OSError:
+            pass
+        cls._write(path, data)
+
+    @staticmethod
+    def _write(path: Path, data: bytes) -> None:
+        """Temporary file beside ``path``, then rename: readers see all of it or none."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            os.replace(tmp, path)
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            raise
