@@ -18,8 +18,9 @@ setup(
     # the ROS dependencies come from rosdep (package.xml).
     install_requires=["setuptools", "numpy", "pillow", "opencv-python-headless", "transformers>=4.46",
                       "safetensors"],
-    # the labeller: rosbag2 in/out, COCO RLE, progress bar
-    extras_require={"label": ["rosbags", "pycocotools", "tqdm"]},
+    # the labeller: rosbag2 in/out, COCO RLE, progress bar;
+    # int8 on CPUs with VNNI but no native bf16 (dtype auto/int8): pick the torchao matching your torch
+    extras_require={"label": ["rosbags", "pycocotools", "tqdm"], "int8": ["torchao"]},
     zip_safe=True,
     maintainer="clipseg_ros maintainers",
     maintainer_email="maintainers@clipseg-ros.invalid",

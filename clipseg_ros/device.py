@@ -1,4 +1,4 @@
-"""Where and in what precision the model runs: device and dtype names, CPU threads, CUDA upkeep.
+"""Where the model runs: device names, CPU threads, CUDA upkeep (its precision: precision.py).
 
 No ROS in here. Names are checked for spelling by :func:`check_device_name` (cheap, at parameter
 time) and resolved against this machine by :func:`resolve_device` (at load time).
@@ -13,13 +13,6 @@ import torch
 # torch >= 2.5 has torch.OutOfMemoryError (CUDA's is an alias); older releases only the CUDA one.
 OUT_OF_MEMORY_ERRORS = tuple({getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError),
                               torch.cuda.OutOfMemoryError})
-
-DTYPES = {
-    "float32": torch.float32,
-    "float16": torch.float16,
-    "bfloat16": torch.bfloat16,
-}
-
 
 def check_device_name(device: str) -> str:
     """Normalised device name (auto, cpu, cuda, cuda:<i>); ValueError if it is none of those.
@@ -51,21 +44,6 @@ def resolve_device(device: str, fallback_to_cpu: bool = False) -> torch.device:
             return torch.device("cpu")
         raise ValueError(f"device '{device}': only {torch.cuda.device_count()} CUDA device(s) present")
     return dev
-
-
-def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
-    """``auto`` -> float16 on CUDA, float32 on CPU; else ``float32|float16|bfloat16``."""
-    name = (dtype or "auto").strip().lower()
-    if name == "auto":
-        return torch.float16 if device.type == "cuda" else torch.float32
-    if name not in DTYPES:
-        raise ValueError(f"unknown dtype '{dtype}' (expected auto, float32, float16 or bfloat16)")
-    return DTYPES[name]
-
-
-def dtype_name(dtype: torch.dtype) -> str:
-    """'float32' for torch.float32 (for logs and diagnostics)."""
-    return str(dtype).replace("torch.", "")
 
 
 def set_num_threads(num_threads: int) -> None:

@@ -16,6 +16,7 @@ Prompts are embedded here (:meth:`embed_texts`, :meth:`embed_image`); which prom
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import threading
@@ -28,9 +29,9 @@ import numpy as np
 import torch
 
 from clipseg_ros import postprocess
-from clipseg_ros.device import (OUT_OF_MEMORY_ERRORS, dtype_name, release_cache, resolve_device, resolve_dtype,
-                                set_num_threads, synchronize)
+from clipseg_ros.device import OUT_OF_MEMORY_ERRORS, release_cache, resolve_device, set_num_threads, synchronize
 from clipseg_ros.network import ClipSegNetwork
+from clipseg_ros.precision import Precision, choose_precision
 from clipseg_ros.postprocess import SegmentationResult
 from clipseg_ros.preprocessing import PreprocessConfig, as_rgb_uint8, preprocess_batch
 from clipseg_ros.prompts import PromptError, PromptSet
@@ -96,12 +97,13 @@ class SegmentationEngine:
     """
 
     def __init__(self, model, tokenizer, preprocess_cfg: PreprocessConfig, *,
-                 device: torch.device, dtype: torch.dtype):
-        self.network = ClipSegNetwork(model, device, dtype)
+                 device: torch.device, precision: Precision):
+        self.network = ClipSegNetwork(model, device, precision)
         self.tokenizer = tokenizer
         self.preprocess_cfg = preprocess_cfg
         self.device = device
-        self.dtype = dtype
+        self.precision = precision
+        self.dtype = precision.encoders  # of the encoders, the embeddings and the pixel values
         self._text_cache_lock = threading.Lock()
         self._text_cache: OrderedDict[str, torch.Tensor] = OrderedDict()
         self.oom_retries = 0  # batches that ran out of memory and were retried smaller
@@ -117,10 +119,17 @@ class SegmentationEngine:
                         num_threads: int = 0, local_files_only: bool | None = None) -> "SegmentationEngine":
         """Load a CLIPSeg checkpoint from a hub id or a local directory (safetensors only).
 
-        ``device``: auto|cpu|cuda|cuda:i. ``dtype``: auto|float32|float16|bfloat16.
+        ``device``: auto|cpu|cuda|cuda:i. ``dtype``: auto|float32|bfloat16|float16|int8 (see
+        :mod:`clipseg_ros.precision`: ``auto`` follows the device and the CPU's features).
         ``num_threads``: torch CPU threads (0 = torch's default). Raises ModelLoadError with a
         message naming the model and how to point at a local copy.
         """
+        # transformers imports torchao when it is installed; torchao then warns that its CUDA-only
+        # kernels do not load on a CPU machine, and torch that torchao registers enums it no
+        # longer needs to: harmless, but three warnings in every node's start-up log.
+        for name in ("torchao", "torch.utils._pytree"):
+            if logging.getLogger(name).level == logging.NOTSET:
+                logging.getLogger(name).setLevel(logging.ERROR)
         # Imported here so that importing this module does not pay for transformers' import.
         from transformers import AutoImageProcessor, AutoTokenizer, CLIPSegForImageSegmentation
         from transformers.utils import logging as hf_logging
@@ -128,7 +137,7 @@ class SegmentationEngine:
         hf_logging.disable_progress_bar()  # a node's log is no terminal
         set_num_threads(num_threads)
         torch_device = resolve_device(device)
-        torch_dtype = resolve_dtype(dtype, torch_device)
+        precision = choose_precision(dtype, torch_device)
         is_local = os.path.isdir(os.path.expanduser(model))
         source = os.path.expanduser(model) if is_local else model
         looks_like_path = model.startswith(("/", ".", "~")) or not re.fullmatch(r"[\w.-]+(/[\w.-]+)?", model)
@@ -160,7 +169,7 @@ class SegmentationEngine:
             raise ModelLoadError(f"cannot load CLIPSeg model from {where}: {first_line}. {hint}") from exc
         if getattr(net.config, "model_type", "") != "clipseg":
             raise ModelLoadError(f"model '{model}' is a '{net.config.model_type}' checkpoint, not CLIPSeg")
-        return cls(net, tokenizer, pre, device=torch_device, dtype=torch_dtype)
+        return cls(net, tokenizer, pre, device=torch_device, precision=precision)
 
     # ------------------------------------------------------------------ prompt embeddings
     def embed_texts(self, texts: Sequence[str]) -> tuple[torch.Tensor, list[str]]:
@@ -290,7 +299,7 @@ class SegmentationEngine:
         bad = [k for k in range(out.logits.shape[0]) if not bool(torch.isfinite(out.logits[k]).all())]
         if bad:
             raise NonFiniteLogitsError(f"the model produced NaN/inf logits for {len(bad)} of {len(images)} "
-                                       f"frame(s) (dtype {dtype_name(self.dtype)}; float32 avoids overflow)")
+                                       f"frame(s) (precision {self.precision.name}; float32 avoids overflow)")
         t2 = time.perf_counter()
         thresholds = prompts.thresholds_or(threshold)
         results = [postprocess.postprocess_logits(out.logits[k], prompts.names, size, threshold=threshold,

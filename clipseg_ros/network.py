@@ -21,6 +21,8 @@ from typing import Sequence
 
 import torch
 
+from clipseg_ros.precision import Precision, quantize_vision_int8
+
 
 def _call_layer(layer: torch.nn.Module, hidden: torch.Tensor) -> torch.Tensor:
     """Run one CLIPSeg encoder/decoder layer on any supported transformers version.
@@ -42,13 +44,22 @@ def _pooled(features) -> torch.Tensor:
 
 
 class ClipSegNetwork:
-    """A loaded ``CLIPSegForImageSegmentation`` (in eval mode, on its device and dtype), run part
-    by part: one vision pass per frame, all prompts decoded in one batch."""
+    """A loaded ``CLIPSegForImageSegmentation`` (in eval mode, on its device), run part by part:
+    one vision pass per frame, all prompts decoded in one batch. ``precision`` says in what
+    dtype the encoders and the decoder run, and whether the vision encoder runs int8
+    (:mod:`clipseg_ros.precision`); ``dtype`` is the encoders' (and the embeddings')."""
 
-    def __init__(self, model: torch.nn.Module, device: torch.device, dtype: torch.dtype):
-        self.model = model.eval().to(device=device, dtype=dtype)
+    def __init__(self, model: torch.nn.Module, device: torch.device, precision: Precision):
+        model = model.eval().to(device=device)
+        model.clip.to(dtype=precision.encoders)
+        model.decoder.to(dtype=precision.decoder)
+        if precision.int8_vision:
+            quantize_vision_int8(model.clip.vision_model.encoder)
+        self.model = model
         self.device = device
-        self.dtype = dtype
+        self.precision = precision
+        self.dtype = precision.encoders
+        self.decoder_dtype = precision.decoder
         cfg = model.config
         self.extract_layers = list(cfg.extract_layers)
         # Layers after the last extracted one only feed the pooled output, which segmentation
@@ -116,7 +127,7 @@ class ClipSegNetwork:
         """CLIPSeg decoder for every (frame, prompt) pair in one batch.
 
         ``activations``: from :meth:`encode_pixels`, each (B, T, hidden). ``embeddings``: (N, D).
-        Returns raw logits (B, N, 352, 352) in the model's dtype.
+        Returns raw logits (B, N, 352, 352) in the decoder's dtype.
 
         Mirrors ``CLIPSegDecoder.forward`` with one saving: the ``reduces`` projections depend
         only on the frame, so they run on B rows and are broadcast over the N prompts instead of
@@ -125,7 +136,8 @@ class ClipSegNetwork:
         dec = self.model.decoder
         b = activations[0].shape[0]
         n = embeddings.shape[0]
-        cond = embeddings.to(self.dtype).repeat(b, 1)  # (B*N, D): frame-major, prompt-minor
+        activations = [a.to(self.decoder_dtype) for a in activations]  # no-op unless they differ
+        cond = embeddings.to(self.decoder_dtype).repeat(b, 1)  # (B*N, D): frame-major, prompt-minor
         output = None
         for i, (act, layer, reduce) in enumerate(zip(activations[::-1], dec.layers, dec.reduces)):
             reduced = reduce(act)  # (B, T, R)

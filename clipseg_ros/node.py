@@ -33,7 +33,7 @@ from sensor_msgs.msg import CompressedImage, Image
 from clipseg_ros import diagnostics
 from clipseg_ros.cameras import CameraSpec, Frame, FrameSlots, FrameWorker, camera_specs
 from clipseg_ros.conversions import ImageConversionError, check_image_layout, check_image_size, read_rgb8
-from clipseg_ros.device import (OUT_OF_MEMORY_ERRORS, check_device_name, dtype_name, resolve_device,
+from clipseg_ros.device import (OUT_OF_MEMORY_ERRORS, check_device_name, resolve_device,
                                 set_num_threads)
 from clipseg_ros.depth_inputs import DepthInput, stamp_seconds
 from clipseg_ros.engine import ModelLoadError, SegmentationEngine
@@ -136,7 +136,7 @@ class ClipSegNode(LifecycleNode):
             self.get_logger().error(str(exc))
             return TransitionCallbackReturn.FAILURE
         self._load_error = ""
-        self.get_logger().info(f"loaded '{s.model}' on {engine.device} ({dtype_name(engine.dtype)})")
+        self.get_logger().info(f"loaded '{s.model}' on {engine.device}, precision {engine.precision.describe()}")
         try:
             self.prompt_interfaces.attach(engine)
         except PromptError as exc:
@@ -410,7 +410,7 @@ class ClipSegNode(LifecycleNode):
             "state": state,
             "model": s.model,
             "device": device,
-            "dtype": dtype_name(engine.dtype) if engine is not None else s.dtype,
+            "precision": engine.precision.describe() if engine is not None else s.dtype,
             "active prompts": str(len(prompts)),
             "prompts": "; ".join(prompts),
             "rate (Hz)": f"{s.rate:g}",

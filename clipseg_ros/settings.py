@@ -13,7 +13,8 @@ from typing import Mapping
 
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, ParameterType
 
-from clipseg_ros.device import check_device_name, resolve_dtype, resolve_device
+from clipseg_ros.device import check_device_name
+from clipseg_ros.precision import check_precision_name
 from clipseg_ros.engine import DEFAULT_MODEL
 from clipseg_ros.messages import OutputOptions
 from clipseg_ros.depth_inputs import camera_info_topic
@@ -44,7 +45,7 @@ def parameter_specs() -> list[tuple[str, object, ParameterDescriptor]]:
         ("device", "auto", desc("auto | cpu | cuda | cuda:<index>", S, True)),
         ("device_strict", False, desc("refuse to start when the requested CUDA device is missing "
                                       "(default: warn and run on the CPU)", B, True)),
-        ("dtype", "auto", desc("auto (fp16 on CUDA, fp32 on CPU) | float32 | float16 | bfloat16", S, True)),
+        ("dtype", "auto", desc("auto (by device and CPU features: see README) | float32 | bfloat16 | float16 | int8", S, True)),
         ("prompts", None, desc("text prompts; change at runtime (also via ~/prompts, ~/set_prompts)", SA)),
         ("prompt_template", "{}", desc("template applied to each text prompt, e.g. 'a photo of a {}.'", S)),
         ("max_prompts", 32, desc("most prompts (text + image) accepted at once", I,
@@ -198,7 +199,7 @@ class NodeSettings:
         """What is wrong with these values (only the named ones when ``only`` is given)."""
         checks = {
             "device": lambda: check_device_name(self.device),  # whether it exists is configure's question
-            "dtype": lambda: resolve_dtype(self.dtype, resolve_device("cpu")),
+            "dtype": lambda: check_precision_name(self.dtype),
             "input_qos": lambda: _one_of("input_qos", self.input_qos, INPUT_QOS),
             "mask_resolution": lambda: _one_of("mask_resolution", self.mask_resolution, MASK_RESOLUTIONS),
             "visual_prompt_style": lambda: _one_of("visual_prompt_style", self.visual_prompt_style, tuple(STYLES)),

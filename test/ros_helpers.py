@@ -34,6 +34,9 @@ class NodeProcess:
         self.ready_text = ready_text
         self.log_path = Path(log_dir) / f"{name}.log"
         args = [sys.executable, "-m", "clipseg_ros", "--ros-args", "-r", f"__node:={name}"]
+        # float32 unless a test asks otherwise: outputs are compared with a float32 engine, and
+        # dtype auto picks by CPU, which changes between machines
+        params = {"dtype": "float32", **params}
         if params_file:
             args += ["--params-file", str(params_file)]
         for key, value in params.items():

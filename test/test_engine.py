@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from clipseg_ros.device import check_device_name, resolve_device, resolve_dtype
+from clipseg_ros.device import check_device_name, resolve_device
 from clipseg_ros.engine import ModelLoadError, SegmentationEngine
 from clipseg_ros.preprocessing import preprocess_image
 from clipseg_ros.prompts import PromptError
@@ -47,15 +47,10 @@ def test_empty_directory_is_a_clear_error(tmp_path):
         SegmentationEngine.from_pretrained(str(tmp_path), device="cpu")
 
 
-def test_device_and_dtype_resolution():
+def test_device_resolution():
     assert resolve_device("cpu").type == "cpu"
-    assert resolve_dtype("auto", torch.device("cpu")) == torch.float32
-    assert resolve_dtype("auto", torch.device("cuda")) == torch.float16
-    assert resolve_dtype("bfloat16", torch.device("cpu")) == torch.bfloat16
     with pytest.raises(ValueError, match="unknown device"):
         resolve_device("tpu")
-    with pytest.raises(ValueError, match="unknown dtype"):
-        resolve_dtype("float8", torch.device("cpu"))
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="CUDA is not available"):
             resolve_device("cuda")

@@ -24,6 +24,7 @@ from std_msgs.msg import String  # noqa: E402
 from clipseg_ros.conversions import cv2_to_imgmsg  # noqa: E402
 from clipseg_ros.diagnostics import ERROR, OK, WARN, level_of  # noqa: E402
 from clipseg_ros.node import ClipSegNode  # noqa: E402
+from clipseg_ros.precision import choose_precision  # noqa: E402
 from clipseg_ros.spinner import BackgroundSpinner  # noqa: E402
 from clipseg_ros_interfaces.msg import Segmentation  # noqa: E402
 from clipseg_ros_interfaces.srv import SetPrompts  # noqa: E402
@@ -133,7 +134,7 @@ def test_missing_cuda_falls_back_to_cpu_or_refuses_when_strict(tiny_checkpoint, 
     proc = NodeProcess("clipseg_fallback", {"model": str(tiny_checkpoint), "device": "cuda", "prompts": ["cup"],
                                             "rate": 0.0, "image_topics": ["/fb_cam/image"]}, tmp_path)
     proc.wait_ready()
-    assert "running on the CPU" in proc.log() and "on cpu (float32)" in proc.log()
+    assert "running on the CPU" in proc.log() and "on cpu, precision float32" in proc.log()
     segs = client.collect(Segmentation, "/clipseg_fallback/segmentation")
     CameraPublisher(client, "/fb_cam/image").publish_until(segs, 1)
     # SIGTERM (what systemd and `ros2 launch` send) ends it cleanly within 2 s.
@@ -320,7 +321,10 @@ def test_camera_that_stops_is_reported_and_recovers(live_node, client):
     wait_for(publishing_until(OK, "segmenting at"), 15, 0, "diagnostics OK after the camera resumes")
     engine_status = latest_status(diags, "clipseg_inproc: model")
     values = {kv.key: kv.value for kv in engine_status.values}
-    assert values["device"] == "cpu" and values["dtype"] == "float32" and values["active prompts"] == "2"
+    # dtype auto: what was picked for this machine's CPU, and why
+    expected = choose_precision("auto", torch.device("cpu")).describe()
+    assert values["device"] == "cpu" and values["precision"] == expected and values["active prompts"] == "2"
+    assert "auto: this CPU" in expected
 
 
 # ----------------------------------------------------------------------------- review defects

@@ -1,0 +1,145 @@
+"""In what precision each part of the model runs, chosen from what the hardware does natively.
+
+No ROS in here. :func:`choose_precision` turns the ``dtype`` setting into a :class:`Precision`:
+
+- ``auto`` on CUDA: float16 encoders, float32 decoder. The decoder's attention (4 heads x 16
+  dims) breaks in float16 (the LiteRT port of CLIPSeg found it and kept it in float32); the
+  encoders are fine in float16 and are nearly all the work.
+- ``auto`` on a CPU with native bf16 (``avx512_bf16`` or ``amx_bf16``): bfloat16 throughout.
+- ``auto`` on a CPU with int8 dot products (``avx512_vnni``, ``avx_vnni``, ``amx_int8``) but no
+  native bf16: int8 (torchao's dynamic int8 activations and weights on the vision encoder's
+  Linear layers; everything else float32). torch's own ``torch.ao.quantization.quantize_dynamic``
+  is deprecated in favour of torchao, so torchao it is; without torchao installed, float32.
+- ``auto`` otherwise: float32. bf16 emulated on an AVX2-only CPU ran 6x *slower* than float32.
+- An explicit ``float32``, ``bfloat16``, ``float16`` or ``int8`` always wins (``float16`` keeps
+  the decoder in float32 everywhere: correct by construction).
+
+CPU features come from ``/proc/cpuinfo`` (Linux), else from torch's own CPU probes.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+
+import torch
+
+PRECISION_NAMES = ("auto", "float32", "bfloat16", "float16", "int8")
+BF16_FLAGS = ("amx_bf16", "avx512_bf16")
+INT8_FLAGS = ("amx_int8", "avx512_vnni", "avx_vnni")
+FP16_DECODER_NOTE = "decoder in float32: its attention (4 heads x 16 dims) breaks in float16"
+
+
+@dataclass(frozen=True)
+class CpuFeatures:
+    """The CPU's model name and the feature flags that matter here."""
+
+    model: str
+    flags: frozenset[str]
+
+    @property
+    def native_bf16(self) -> str:
+        """The flag that gives native bf16 arithmetic, or ''."""
+        return next((f for f in BF16_FLAGS if f in self.flags), "")
+
+    @property
+    def int8_dot(self) -> str:
+        """The flag that gives int8 dot products (VNNI/AMX), or ''."""
+        return next((f for f in INT8_FLAGS if f in self.flags), "")
+
+
+@lru_cache(maxsize=1)
+def cpu_features() -> CpuFeatures:
+    """This machine's CPU (cached)."""
+    try:
+        text = open("/proc/cpuinfo").read()
+        model = re.search(r"^model name\s*:\s*(.+)$", text, re.M)
+        flags = re.search(r"^flags\s*:\s*(.+)$", text, re.M)
+        if flags:
+            return CpuFeatures(model.group(1).strip() if model else "unknown", frozenset(flags.group(1).split()))
+    except OSError:
+        pass
+    probes = {"avx512_bf16": "_is_avx512_bf16_supported", "amx_bf16": "_is_amx_tile_supported",
+              "avx512_vnni": "_is_avx512_vnni_supported", "avx_vnni": "_is_avx2_vnni_supported"}
+    found = set()
+    for flag, probe in probes.items():
+        fn = getattr(torch.cpu, probe, None)
+        try:
+            if fn is not None and fn():
+                found.add(flag)
+        except RuntimeError:
+            pass
+    return CpuFeatures("unknown", frozenset(found))
+
+
+def torchao_available() -> bool:
+    return importlib.util.find_spec("torchao") is not None
+
+
+@dataclass(frozen=True)
+class Precision:
+    """``encoders``: dtype of CLIP's text and vision encoders (weights and activations);
+    ``decoder``: of CLIPSeg's decoder; ``int8_vision``: the vision encoder's Linear layers run
+    torchao's dynamic int8; ``reason``: why this was picked (for the log and diagnostics)."""
+
+    name: str
+    encoders: torch.dtype
+    decoder: torch.dtype
+    int8_vision: bool = False
+    reason: str = ""
+
+    def describe(self) -> str:
+        return f"{self.name} ({self.reason})" if self.reason else self.name
+
+
+def check_precision_name(dtype: str) -> str:
+    """The normalised name; ValueError for one that is not in :data:`PRECISION_NAMES`."""
+    name = (dtype or "auto").strip().lower()
+    if name not in PRECISION_NAMES:
+        raise ValueError(f"unknown dtype '{dtype}' (expected {', '.join(PRECISION_NAMES)})")
+    return name
+
+
+def choose_precision(dtype: str, device: torch.device, cpu: CpuFeatures | None = None,
+                     has_torchao: bool | None = None) -> Precision:
+    """The :class:`Precision` for the ``dtype`` setting on ``device`` (see the module doc).
+    ValueError for an unknown name, and for ``int8`` without torchao."""
+    name = check_precision_name(dtype)
+    has_torchao = torchao_available() if has_torchao is None else has_torchao
+    if name == "float32":
+        return Precision("float32", torch.float32, torch.float32, reason="set")
+    if name == "bfloat16":
+        return Precision("bfloat16", torch.bfloat16, torch.bfloat16, reason="set")
+    if name == "float16":
+        return Precision("float16", torch.float16, torch.float32, reason=f"set; {FP16_DECODER_NOTE}")
+    if name == "int8":
+        if not has_torchao:
+            raise ValueError("dtype int8 needs torchao (pip install torchao)")
+        return Precision("int8", torch.float32, torch.float32, int8_vision=True,
+                         reason="set; dynamic int8 on the vision encoder's Linear layers (torchao)")
+    if device.type == "cuda":
+        return Precision("float16", torch.float16, torch.float32, reason=f"auto on CUDA; {FP16_DECODER_NOTE}")
+    cpu = cpu_features() if cpu is None else cpu
+    if cpu.native_bf16:
+        return Precision("bfloat16", torch.bfloat16, torch.bfloat16,
+                         reason=f"auto: this CPU does bf16 natively ({cpu.native_bf16})")
+    if cpu.int8_dot:
+        if has_torchao:
+            return Precision("int8", torch.float32, torch.float32, int8_vision=True,
+                             reason=f"auto: this CPU has int8 dot products ({cpu.int8_dot}) but no native bf16; "
+                                    "dynamic int8 on the vision encoder's Linear layers (torchao)")
+        return Precision("float32", torch.float32, torch.float32,
+                         reason=f"auto: int8 would suit this CPU ({cpu.int8_dot}) but torchao is not installed")
+    return Precision("float32", torch.float32, torch.float32,
+                     reason="auto: this CPU has neither native bf16 nor int8 dot products (VNNI)")
+
+
+def quantize_vision_int8(vision_encoder: torch.nn.Module) -> None:
+    """Dynamic int8 activations and int8 per-channel weights on every Linear layer of
+    ``vision_encoder`` (in place; torchao)."""
+    from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
+
+    # set_inductor_config=False: no global torch.compile settings changed behind the caller's back
+    quantize_(vision_encoder, Int8DynamicActivationInt8WeightConfig(set_inductor_config=False))
