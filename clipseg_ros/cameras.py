@@ -132,6 +132,23 @@ _MALLOC_TRIM = _find_malloc_trim()
 TRIM_PERIOD_S = 1.0
 
 
+class WorkerLoad:
+    """How a worker thread spends its time, averaged over its recent cycles (exponentially,
+    ``weight`` for the newest): ``spare`` = waiting / (waiting + working), ``busy_s`` = seconds
+    of work per cycle. Written by the worker, read by others (floats: no lock needed)."""
+
+    def __init__(self, weight: float = 0.3):
+        self.weight = weight
+        self.spare: float | None = None  # None until the first cycle
+        self.busy_s: float | None = None
+
+    def add(self, waited_s: float, busy_s: float) -> None:
+        spare = waited_s / max(waited_s + busy_s, 1e-9)
+        w = self.weight
+        self.spare = spare if self.spare is None else (1 - w) * self.spare + w * spare
+        self.busy_s = busy_s if self.busy_s is None else (1 - w) * self.busy_s + w * busy_s
+
+
 class FrameWorker:
     """The inference thread: batches from :class:`FrameSlots` at most ``rate()`` times a second
     (0 = as fast as they come), each handed to ``process``; an exception from ``process`` goes to
@@ -152,6 +169,7 @@ class FrameWorker:
         self._name = name
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
+        self.load = WorkerLoad()
 
     @property
     def running(self) -> bool:
@@ -193,17 +211,20 @@ class FrameWorker:
             except (OSError, AttributeError):  # not Linux, or not allowed: run at normal priority
                 pass
         not_before = 0.0
-        last_trim = time.monotonic()
+        last_trim = idle_since = time.monotonic()
         while not stop.is_set():
             batch = self._slots.wait_batch(not_before, stop)
             if not batch:
                 continue
+            started = time.monotonic()
             rate = self._rate()
-            not_before = time.monotonic() + (1.0 / rate if rate > 0 else 0.0)
+            not_before = started + (1.0 / rate if rate > 0 else 0.0)
             try:
                 self._process(batch)
             except Exception as exc:  # noqa: BLE001 - a bad frame must never stop the loop
                 self._on_error(exc)
+            idle_since, busy_from = time.monotonic(), idle_since
+            self.load.add(started - busy_from, idle_since - started)
             if _MALLOC_TRIM is not None and time.monotonic() - last_trim >= TRIM_PERIOD_S:
                 _MALLOC_TRIM(0)
                 last_trim = time.monotonic()

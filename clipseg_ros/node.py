@@ -45,7 +45,7 @@ from clipseg_ros.prompts import PromptBook, PromptError, thresholds_from_paramet
 from clipseg_ros.propagation import PropagationStopped
 from clipseg_ros.scene import DepthFrame, build_scene
 from clipseg_ros.settings import NodeSettings, parameter_specs, plain_value
-from clipseg_ros.temporal import CameraTimeline
+from clipseg_ros.temporal import CameraTimeline, propagation_rate
 from clipseg_ros.throttled_log import ThrottledLog, problem_kind
 
 PROPAGATION_SWITCH_INTERVAL_S = 0.0005
@@ -114,7 +114,7 @@ class ClipSegNode(LifecycleNode):
             sys.setswitchinterval(PROPAGATION_SWITCH_INTERVAL_S)
         self._propagation_slots = FrameSlots(len(self.settings.image_topics))
         self._propagation_worker = FrameWorker(self._propagation_slots, self._propagate,
-                                               rate=lambda: self.settings.propagate_rate,
+                                               rate=self._propagation_rate,
                                                on_error=self._on_worker_error, name="clipseg_propagation", nice=10)
         self._load_error = ""
         self.frames_processed = 0
@@ -351,6 +351,12 @@ class ClipSegNode(LifecycleNode):
         scene = cam.timeline.track(scene, rgb.shape[:2])
         return build_outputs(result, rgb, frame.message.header, settings.output_options, scene)
 
+    def _propagation_rate(self) -> float:
+        """propagate_rate while the model has spare time; less while it has none (see
+        :func:`clipseg_ros.temporal.propagation_rate`)."""
+        return propagation_rate(self.settings.propagate_rate, self._worker.load.spare,
+                                self._propagation_worker.load.busy_s, self.settings.propagation_budget)
+
     def _propagate(self, batch: list[Frame]) -> None:
         """Propagation thread: the last model masks carried to each camera's newest frame."""
         prompt_set, settings, cameras = self.prompts.prompt_set, self.settings, self.cameras
@@ -426,7 +432,11 @@ class ClipSegNode(LifecycleNode):
                 lvl, msg, cam_values = cam.stats.assess(now, s.input_timeout, s.max_latency)
                 if s.propagate:
                     timeline = cam.timeline
-                    cam_values["propagation"] = f"stopped: {timeline.stopped}" if timeline.stopped else "running"
+                    rate = self._propagation_rate()
+                    cam_values["propagation"] = (
+                        f"stopped: {timeline.stopped}" if timeline.stopped else "running" if rate >= s.propagate_rate
+                        else f"running at most {rate:.1f} Hz: the model has no spare time "
+                             f"(propagation_budget {s.propagation_budget:g})")
                     cam_values["propagated frames"] = str(timeline.propagated_frames)
                     if timeline.last_age is not None:
                         cam_values["propagated from a model frame (s old)"] = f"{timeline.last_age:.3f}"

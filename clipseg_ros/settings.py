@@ -111,6 +111,10 @@ def parameter_specs() -> list[tuple[str, object, ParameterDescriptor]]:
         ("propagate_rate", 15.0, desc("Hz: most propagated outputs per camera and second", D,
                                       floating_point_range=[FloatingPointRange(from_value=0.1, to_value=1000.0,
                                                                                step=0.0)])),
+        ("propagation_budget", 0.1, desc("while the model has no spare time, propagation takes at most this share "
+                                         "of one core (its rate is lowered to fit)", D,
+                                         floating_point_range=[FloatingPointRange(from_value=0.01, to_value=1.0,
+                                                                                  step=0.0)])),
         ("flow_width", 320, desc("optical flow runs on grey frames this many pixels wide", I, True,
                                  integer_range=[IntegerRange(from_value=32, to_value=4096, step=1)])),
         ("smoothing", 1.0, desc("weight of a new model frame in each prompt's average over model frames, aligned "
@@ -170,6 +174,7 @@ class NodeSettings:
     cloud_max_points: int
     propagate: bool
     propagate_rate: float
+    propagation_budget: float
     flow_width: int
     smoothing: float
     tracking: bool

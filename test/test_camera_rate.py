@@ -101,6 +101,18 @@ def test_never_propagates_old_prompts_under_new_names(node, client):
         client.node.destroy_publisher(pub)
 
 
+def propagation_state(arrays, publish):
+    """A condition for wait_for: publish a frame, then the newest diagnostics' propagation state."""
+    def state():
+        publish()
+        for array in reversed(list(arrays)):  # the newest first
+            for status in array.status:
+                kv = {v.key: v.value for v in status.values}
+                if status.name.endswith(": rate_cam") and "propagation" in kv:
+                    return kv["propagation"]
+    return state
+
+
 def test_a_scene_cut_stops_propagation_and_diagnostics_say_so(node, client):
     arrays = client.collect(DiagnosticArray, "/diagnostics")
     cam = camera(client)  # every frame a new random picture: a cut each time
@@ -108,17 +120,39 @@ def test_a_scene_cut_stops_propagation_and_diagnostics_say_so(node, client):
     image = np.frombuffer(bytes(still.data), np.uint8).reshape(60, 80, 3).copy()
 
     def propagation(publish):
-        def state():
-            publish()
-            for array in reversed(list(arrays)):  # the newest first
-                for status in array.status:
-                    kv = {v.key: v.value for v in status.values}
-                    if status.name.endswith(": rate_cam") and "propagation" in kv:
-                        return kv["propagation"]
-        return state
+        return propagation_state(arrays, publish)
 
     wait_for(lambda: (cam.publish(), "scene cut" in node.log())[1], 60, 0.05, "the scene-cut warning")
     # diagnostics (1 Hz) say it while propagation is stopped (until the next model frame)
     wait_for(lambda: "scene cut" in (propagation(cam.publish)() or ""), 60, 0.05, "a scene cut in diagnostics")
     arrays.clear()
     wait_for(lambda: propagation(lambda: cam.publish(image))() == "running", 30, 0.05, "propagation running again")
+
+
+def test_without_spare_model_time_propagation_keeps_to_its_budget(node, client):
+    """rate 0 and a camera faster than the model: the model runs flat out (a frame always
+    waits), so propagation is held to propagation_budget of a core (its rate lowered to fit),
+    and diagnostics say so; rate 1 again: back to propagate_rate."""
+    import re
+    import time
+
+    arrays = client.collect(DiagnosticArray, "/diagnostics")
+    segs = client.collect(Segmentation, f"/{NODE}/segmentation")
+    cam = camera(client)
+    image = np.frombuffer(bytes(cam.publish().data), np.uint8).reshape(60, 80, 3).copy()
+    assert all(r.successful for r in client.set_params(NODE, rate=0.0, propagation_budget=0.01))
+    try:
+        text = wait_for(lambda: (lambda s: s if s and "no spare time" in s else None)(
+            propagation_state(arrays, lambda: cam.publish(image))()), 60, 0.005, "the budget in diagnostics")
+        cap = float(re.search(r"at most ([\d.]+) Hz", text).group(1))
+        assert cap < 30.0 and "propagation_budget 0.01" in text
+        segs.clear()
+        start = time.monotonic()
+        wait_for(lambda: (cam.publish(image), time.monotonic() - start >= 3.0)[1], 10, 0.005, "3 s of camera frames")
+        carried = [m for m in segs if m.propagated]
+        assert len(carried) <= cap * 3.0 * 1.5 + 2, (len(carried), cap)  # the cap moves with the measured cost
+        assert any(not m.propagated for m in segs)  # the model goes on
+    finally:
+        assert all(r.successful for r in client.set_params(NODE, rate=1.0, propagation_budget=0.1))
+    wait_for(lambda: propagation_state(arrays, lambda: cam.publish(image))() == "running", 30, 0.03,
+             "propagation at its full rate again")

@@ -107,3 +107,38 @@ def test_worker_keeps_the_rate_and_survives_exceptions():
     assert [type(e) for e in errors] == [ValueError]
     gaps = [b - a for a, b in zip(calls, calls[1:])]
     assert min(gaps) >= 0.095, gaps  # at most 10 batches a second
+
+
+def test_worker_load_averages_spare_time_and_work():
+    from clipseg_ros.cameras import WorkerLoad
+
+    load = WorkerLoad(weight=0.5)
+    assert load.spare is None and load.busy_s is None
+    load.add(0.0, 0.4)  # flat out
+    assert (load.spare, load.busy_s) == (0.0, 0.4)
+    load.add(0.6, 0.4)  # waited 0.6 s of a 1 s cycle
+    assert load.spare == pytest.approx(0.3) and load.busy_s == pytest.approx(0.4)
+
+
+@pytest.mark.parametrize("rate, spare_range", [(0.0, (0.0, 0.1)), (10.0, (0.55, 0.95))])
+def test_worker_measures_whether_it_has_spare_time(rate, spare_range):
+    """Frames always waiting and 30 ms of work: flat out at rate 0, ~70% waiting at 10 Hz."""
+    slots = FrameSlots(1)
+    cycles = []
+
+    def process(batch):
+        time.sleep(0.03)
+        cycles.append(1)
+
+    worker = FrameWorker(slots, process, rate=lambda: rate, on_error=pytest.fail)
+    worker.start()
+    try:
+        def feed():
+            slots.put(Frame(0, "f", time.monotonic()))
+            time.sleep(0.002)
+            return len(cycles) >= 12
+        wait_for(feed, 20, 0, "12 cycles")
+    finally:
+        worker.stop(timeout=5)
+    assert spare_range[0] <= worker.load.spare <= spare_range[1]
+    assert 0.03 <= worker.load.busy_s < 0.06
