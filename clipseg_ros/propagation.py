@@ -88,26 +88,15 @@ def warp_masks(masks: np.ndarray, where: np.ndarray) -> np.ndarray:
     return out
 
 
-def to_grid(masks: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """(N, H, W) masks averaged down (INTER_AREA) to the (h, w) flow grid; as they are when
+def resize_masks(masks: np.ndarray, shape: tuple[int, int], interpolation: int) -> np.ndarray:
+    """(N, H, W) masks resized to (N, h, w) with an OpenCV ``interpolation``; as they are when
     already that size."""
     h, w = shape
     if masks.shape[1:] == (h, w):
         return masks
     out = np.empty((masks.shape[0], h, w), masks.dtype)
     for k in range(masks.shape[0]):
-        cv2.resize(masks[k], (w, h), dst=out[k], interpolation=cv2.INTER_AREA)
-    return out
-
-
-def upsample(masks: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """(N, h, w) masks to (N, H, W), bilinear."""
-    h, w = shape
-    if masks.shape[1:] == (h, w):
-        return masks
-    out = np.empty((masks.shape[0], h, w), masks.dtype)
-    for k in range(masks.shape[0]):
-        cv2.resize(masks[k], (w, h), dst=out[k], interpolation=cv2.INTER_LINEAR)
+        cv2.resize(masks[k], (w, h), dst=out[k], interpolation=interpolation)
     return out
 
 
@@ -143,7 +132,9 @@ class MaskPropagator:
         costs a fifth of warping them at 640x480."""
         self._previous = self.flow.grey(rgb)
         self._key, self._size = key, rgb.shape[:2]
-        self._masks, self._mask_shape = to_grid(masks, self._previous.shape), masks.shape[1:]
+        # averaged down to the flow grid
+        self._masks = resize_masks(masks, self._previous.shape, cv2.INTER_AREA)
+        self._mask_shape = masks.shape[1:]
         self._where = self.flow.grid(self._previous.shape).copy()
         self._frames, self._stopped = 0, ""
 
@@ -175,7 +166,7 @@ class MaskPropagator:
         self._previous = current
         self._frames += 1
         grid_masks = warp_masks(self._masks, self._where)
-        return Propagated(upsample(grid_masks, self._mask_shape), grid_masks, self._frames, error)
+        return Propagated(resize_masks(grid_masks, self._mask_shape, cv2.INTER_LINEAR), grid_masks, self._frames, error)
 
 
 # Flow below this (95th percentile of the per-pixel motion, flow-grid pixels) is sensor noise on
