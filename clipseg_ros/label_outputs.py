@@ -23,13 +23,14 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
 import cv2
 import numpy as np
+
+from clipseg_ros.atomic_files import write_atomic
 
 RUN_FILE = "run.json"
 SUMMARY_FILE = "labels.json"
@@ -232,16 +233,6 @@ class OutputFolder:
 
     @staticmethod
     def _write(path: Path, data: bytes) -> None:
-        """Temporary file beside ``path``, then rename: readers see all of it or none."""
+        """All of it or none (not flushed to disk: see :mod:`clipseg_ros.atomic_files`)."""
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-            os.replace(tmp, path)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise
+        write_atomic(path, data, durable=False)

@@ -22,7 +22,6 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +30,7 @@ from typing import Mapping
 import cv2
 import numpy as np
 
+from clipseg_ros.atomic_files import write_atomic
 from clipseg_ros.visual_prompts import Box, ExampleImage
 
 STORE_FILE = "prompts.json"
@@ -145,7 +145,7 @@ class PromptStore:
             except OSError:
                 unchanged = False
             if not unchanged:
-                _write_atomic(self.path, data)
+                write_atomic(self.path, data)
             for stale in self._referenced - files:
                 try:
                     (self.directory / stale).unlink()
@@ -253,7 +253,7 @@ def _write_png(images_dir: Path, pixels: np.ndarray) -> str:
     digest = hashlib.sha256(data).hexdigest()
     path = images_dir / f"{digest}.png"
     if not (path.exists() and _sha256(path) == digest):
-        _write_atomic(path, data)
+        write_atomic(path, data)
     return f"{IMAGES_DIR}/{path.name}"
 
 
@@ -271,29 +271,6 @@ def _read_png(directory: Path, relative, name: str) -> np.ndarray:
     if pixels is None or pixels.dtype != np.uint8:
         raise StoreCorrupt(f"image prompt {name!r}: {path} is not an 8-bit PNG")
     return pixels
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write to a temporary file in the same directory, flush it to disk, rename it over
-    ``path``, then flush the directory entry: readers see the old file or the new one."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 def _sha256(path: Path) -> str:
