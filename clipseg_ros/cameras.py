@@ -135,18 +135,24 @@ TRIM_PERIOD_S = 1.0
 class WorkerLoad:
     """How a worker thread spends its time, averaged over its recent cycles (exponentially,
     ``weight`` for the newest): ``spare`` = waiting / (waiting + working), ``busy_s`` = seconds
-    of work per cycle. Written by the worker, read by others (floats: no lock needed)."""
+    of work per cycle (wall clock), ``cpu_s`` = CPU seconds the thread itself used per cycle
+    (less than ``busy_s`` when other threads had the cores). Written by the worker, read by
+    others (floats: no lock needed)."""
 
     def __init__(self, weight: float = 0.3):
         self.weight = weight
         self.spare: float | None = None  # None until the first cycle
         self.busy_s: float | None = None
+        self.cpu_s: float | None = None
 
-    def add(self, waited_s: float, busy_s: float) -> None:
+    def add(self, waited_s: float, busy_s: float, cpu_s: float) -> None:
         spare = waited_s / max(waited_s + busy_s, 1e-9)
-        w = self.weight
-        self.spare = spare if self.spare is None else (1 - w) * self.spare + w * spare
-        self.busy_s = busy_s if self.busy_s is None else (1 - w) * self.busy_s + w * busy_s
+        self.spare = self._average(self.spare, spare)
+        self.busy_s = self._average(self.busy_s, busy_s)
+        self.cpu_s = self._average(self.cpu_s, cpu_s)
+
+    def _average(self, old: float | None, new: float) -> float:
+        return new if old is None else (1 - self.weight) * old + self.weight * new
 
 
 class FrameWorker:
@@ -216,7 +222,7 @@ class FrameWorker:
             batch = self._slots.wait_batch(not_before, stop)
             if not batch:
                 continue
-            started = time.monotonic()
+            started, cpu_started = time.monotonic(), time.thread_time()
             rate = self._rate()
             not_before = started + (1.0 / rate if rate > 0 else 0.0)
             try:
@@ -224,7 +230,7 @@ class FrameWorker:
             except Exception as exc:  # noqa: BLE001 - a bad frame must never stop the loop
                 self._on_error(exc)
             idle_since, busy_from = time.monotonic(), idle_since
-            self.load.add(started - busy_from, idle_since - started)
+            self.load.add(started - busy_from, idle_since - started, time.thread_time() - cpu_started)
             if _MALLOC_TRIM is not None and time.monotonic() - last_trim >= TRIM_PERIOD_S:
                 _MALLOC_TRIM(0)
                 last_trim = time.monotonic()

@@ -355,7 +355,7 @@ class ClipSegNode(LifecycleNode):
         """propagate_rate while the model has spare time; less while it has none (see
         :func:`clipseg_ros.temporal.propagation_rate`)."""
         return propagation_rate(self.settings.propagate_rate, self._worker.load.spare,
-                                self._propagation_worker.load.busy_s, self.settings.propagation_budget)
+                                self._propagation_worker.load.cpu_s, self.settings.propagation_budget)
 
     def _propagate(self, batch: list[Frame]) -> None:
         """Propagation thread: the last model masks carried to each camera's newest frame."""

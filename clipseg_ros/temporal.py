@@ -24,18 +24,19 @@ from clipseg_ros.tracking import ObjectTracker
 MODEL_SPARE_MIN = 0.1
 
 
-def propagation_rate(target_hz: float, model_spare: float | None, propagation_busy_s: float | None,
+def propagation_rate(target_hz: float, model_spare: float | None, propagation_cpu_s: float | None,
                      budget: float) -> float:
     """Hz propagation may run at: ``target_hz`` while the model has spare time (its worker's
     ``spare`` share >= :data:`MODEL_SPARE_MIN`, or not known yet); when the model has none, at
-    most ``budget`` of one core: ``budget / propagation_busy_s`` (s of work per propagated
-    cycle), so that propagation takes a bounded share of the model's CPU instead of whatever
-    ``target_hz`` costs. With no known cost yet, ``target_hz``."""
+    most ``budget`` of one core: ``budget / propagation_cpu_s`` (CPU s per propagated cycle,
+    not wall time, which grows while the model's threads have the cores), so that propagation
+    takes a bounded share of the model's CPU instead of whatever ``target_hz`` costs. With no
+    known cost yet, ``target_hz``."""
     if not 0.0 < budget <= 1.0:
         raise ValueError(f"propagation budget must be in (0, 1], got {budget}")
-    if model_spare is None or model_spare >= MODEL_SPARE_MIN or not propagation_busy_s:
+    if model_spare is None or model_spare >= MODEL_SPARE_MIN or not propagation_cpu_s:
         return target_hz
-    return min(target_hz, budget / propagation_busy_s)
+    return min(target_hz, budget / propagation_cpu_s)
 
 
 @dataclass(frozen=True)

@@ -113,21 +113,26 @@ def test_worker_load_averages_spare_time_and_work():
     from clipseg_ros.cameras import WorkerLoad
 
     load = WorkerLoad(weight=0.5)
-    assert load.spare is None and load.busy_s is None
-    load.add(0.0, 0.4)  # flat out
-    assert (load.spare, load.busy_s) == (0.0, 0.4)
-    load.add(0.6, 0.4)  # waited 0.6 s of a 1 s cycle
+    assert load.spare is None and load.busy_s is None and load.cpu_s is None
+    load.add(0.0, 0.4, 0.4)  # flat out
+    assert (load.spare, load.busy_s, load.cpu_s) == (0.0, 0.4, 0.4)
+    load.add(0.6, 0.4, 0.2)  # waited 0.6 s of a 1 s cycle; half its work time it had no core
     assert load.spare == pytest.approx(0.3) and load.busy_s == pytest.approx(0.4)
+    assert load.cpu_s == pytest.approx(0.3)
 
 
 @pytest.mark.parametrize("rate, spare_range", [(0.0, (0.0, 0.1)), (10.0, (0.55, 0.95))])
 def test_worker_measures_whether_it_has_spare_time(rate, spare_range):
-    """Frames always waiting and 30 ms of work: flat out at rate 0, ~70% waiting at 10 Hz."""
+    """Frames always waiting and 30 ms of work (20 ms asleep, ~10 ms on the CPU): flat out at
+    rate 0, ~70% waiting at 10 Hz; the CPU time is the thread's own."""
     slots = FrameSlots(1)
     cycles = []
 
     def process(batch):
-        time.sleep(0.03)
+        time.sleep(0.02)
+        cpu_until = time.thread_time() + 0.01
+        while time.thread_time() < cpu_until:
+            pass
         cycles.append(1)
 
     worker = FrameWorker(slots, process, rate=lambda: rate, on_error=pytest.fail)
@@ -142,3 +147,4 @@ def test_worker_measures_whether_it_has_spare_time(rate, spare_range):
         worker.stop(timeout=5)
     assert spare_range[0] <= worker.load.spare <= spare_range[1]
     assert 0.03 <= worker.load.busy_s < 0.06
+    assert 0.009 <= worker.load.cpu_s < 0.02

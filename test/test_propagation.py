@@ -124,6 +124,6 @@ def test_propagation_rate_keeps_to_its_budget_only_when_the_model_has_no_spare_t
     assert propagation_rate(15.0, MODEL_SPARE_MIN, 0.0125, 0.1) == 15.0
     assert propagation_rate(15.0, 0.02, 0.0125, 0.1) == pytest.approx(8.0)  # 10% of a core at 12.5 ms
     assert propagation_rate(15.0, 0.02, 0.004, 0.1) == 15.0  # cheap enough: the target fits the budget
-    assert propagation_rate(15.0, 0.0, None, 0.1) == 15.0  # its own cost not known yet
+    assert propagation_rate(15.0, 0.0, None, 0.1) == 15.0  # its own CPU cost not known yet
     with pytest.raises(ValueError):
         propagation_rate(15.0, 0.0, 0.01, 0.0)
