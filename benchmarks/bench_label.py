@@ -3,7 +3,8 @@
     python benchmarks/bench_label.py --json benchmarks/results/label_cpu.json
 
 200 frames of 640x480 (a camera panning over scikit-image's coffee photo), 8 prompts, random
-weights with the real rd64-refined architecture (speed does not depend on weight values):
+weights with the real rd64-refined architecture (speed does not depend on weight values), the
+same ``--dtype`` for both (default auto):
 
 1. the live node (a separate process, rate 0): each frame is published on its image topic and
    the next one only after the node's output for it came back, so it segments all 200;
@@ -16,8 +17,6 @@ weights with the real rd64-refined architecture (speed does not depend on weight
 from __future__ import annotations
 
 import argparse
-import os
-import random
 import re
 import subprocess
 import sys
@@ -28,7 +27,7 @@ from pathlib import Path
 import cv2
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from camera_run import end_run  # noqa: E402
+from camera_run import end_run, start_node  # noqa: E402
 from results_file import cpu_name, write_results  # noqa: E402
 
 from clipseg_ros.synthetic_motion import motion, sample_picture  # noqa: E402
@@ -43,15 +42,8 @@ def frames(count: int):
                            borderMode=cv2.BORDER_REFLECT_101) for t in range(count)]
 
 
-def live_node(model: str, images) -> dict:
-    os.environ.setdefault("ROS_DOMAIN_ID", str(random.randint(1, 100)))
-    os.environ["FASTDDS_BUILTIN_TRANSPORTS"] = "LARGE_DATA"
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    names = ", ".join(f"'{p}'" for p in PROMPTS)
-    log = tempfile.NamedTemporaryFile("w", prefix="clipseg_bench_label_", suffix=".log", delete=False)
-    node = subprocess.Popen([sys.executable, "-m", "clipseg_ros", "--ros-args", "-r", "__node:=clipseg",
-                             "-p", f"model:={model}", "-p", f"prompts:=[{names}]", "-p", "rate:=0.0",
-                             "-p", "image_topics:=[/bench/image]"], env=env, stdout=log, stderr=subprocess.STDOUT)
+def live_node(model: str, images, dtype: str) -> dict:
+    node, log = start_node(model, PROMPTS, "clipseg_bench_label_", rate=0.0, dtype=dtype)
     import threading
 
     import rclpy
@@ -83,7 +75,7 @@ def live_node(model: str, images) -> dict:
         k = 0
         while not answered:
             if node.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"node produced no output; its log: {log.name}")
+                raise SystemExit(f"node produced no output; its log: {log}")
             warm.header.stamp.sec, warm.header.stamp.nanosec = 1, k
             pub.publish(warm)
             k += 1
@@ -108,9 +100,9 @@ def live_node(model: str, images) -> dict:
     return row
 
 
-def labeller(model: str, folder: Path, out: Path, batch: int) -> dict:
+def labeller(model: str, folder: Path, out: Path, batch: int, dtype: str) -> dict:
     cmd = [sys.executable, "-m", "clipseg_ros.label", str(folder), "-o", str(out), "--prompts", ";".join(PROMPTS),
-           "--model", model, "--batch", str(batch), "--no-progress"]
+           "--model", model, "--batch", str(batch), "--dtype", dtype, "--no-progress"]
     t0 = time.monotonic()
     done = subprocess.run(cmd, capture_output=True, text=True, check=True)
     wall = time.monotonic() - t0
@@ -125,8 +117,12 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--frames", type=int, default=200)
     parser.add_argument("--size", default="rd64-refined", help="random checkpoint size (tiny for a quick check)")
+    parser.add_argument("--dtype", default="auto", help="for both the node and the labeller (default auto)")
     parser.add_argument("--json", help="write results to this path")
     args = parser.parse_args(argv)
+    import torch
+
+    from clipseg_ros.precision import choose_precision
     from clipseg_ros.random_checkpoint import make_random_checkpoint
 
     images = frames(args.frames)
@@ -137,11 +133,12 @@ def main(argv=None) -> int:
         folder.mkdir()
         for i, f in enumerate(images):
             cv2.imwrite(str(folder / f"{i:04d}.png"), cv2.cvtColor(f, cv2.COLOR_RGB2BGR))
-        node = live_node(model, images)
-        rows = [labeller(model, folder, tmp / f"out{b}", b) for b in (1, 4)]
+        node = live_node(model, images, args.dtype)
+        rows = [labeller(model, folder, tmp / f"out{b}", b, args.dtype) for b in (1, 4)]
     for r in rows:
         r["vs_live_node"] = round(r["frames_per_s"] / node["frames_per_s"], 2)
     write_results(args.json, {"cpu": cpu_name(), "model": args.size, "image": f"{W}x{H}", "prompts": len(PROMPTS),
+                              "precision": choose_precision(args.dtype, torch.device("cpu")).describe(),
                               "live_node": node, "labeller": rows})
     return 0
 

@@ -1,10 +1,36 @@
-"""Shared by the benchmarks that run the real node: play a camera at a fixed rate, end the run."""
+"""Shared by the benchmarks that run the real node: start it, play a camera at a fixed rate, end
+the run."""
 
 from __future__ import annotations
 
+import os
+import random
 import signal
 import subprocess
+import sys
+import tempfile
 import time
+
+
+class NodeNeverAnswered(RuntimeError):
+    """The node started but this process never received an output (DDS discovery failed: seen
+    now and then on these machines; the run is retried once with a new node)."""
+
+
+def start_node(model: str, prompts, log_prefix: str, **params) -> tuple[subprocess.Popen, str]:
+    """``python -m clipseg_ros`` named ``clipseg`` on ``/bench/image`` with ``prompts`` and
+    ``params`` (name=value); its log goes to a file (a pipe nobody reads would block it). Sets
+    a random ROS_DOMAIN_ID (once per process) and the LARGE_DATA transport in this process too."""
+    os.environ.setdefault("ROS_DOMAIN_ID", str(random.randint(1, 100)))
+    os.environ["FASTDDS_BUILTIN_TRANSPORTS"] = "LARGE_DATA"
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    names = ", ".join(f"'{p}'" for p in prompts)
+    args = [sys.executable, "-m", "clipseg_ros", "--ros-args", "-r", "__node:=clipseg", "-p", f"model:={model}",
+            "-p", f"prompts:=[{names}]", "-p", "image_topics:=[/bench/image]"]
+    for name, value in params.items():
+        args += ["-p", f"{name}:={str(value).lower() if isinstance(value, bool) else value}"]
+    log = tempfile.NamedTemporaryFile("w", prefix=log_prefix, suffix=".log", delete=False)
+    return subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT), log.name
 
 
 def play(pub, clock_node, messages, seconds: float, hz: float, start: int = 0) -> int:

@@ -7,7 +7,7 @@ No ROS, no torch. Layout of an output folder::
     probabilities/<name>/<k>.png  (optional) prompt k's probability * 255, uint8
     images/<name>.png             (videos and bags) the frame itself, for labelling tools
     frames/<name>.json            the frame's record: source, hashes, confidences, objects (RLE)
-    labels.json                   all records in source order, and the frames that were skipped
+    labels.json                   all records in source order (objects without RLE), and the frames skipped
     coco_semantic.json, coco_instances.json   (see :mod:`clipseg_ros.coco_export`)
 
 Every file is written to a temporary name and renamed, and a frame's record is written last:
@@ -211,7 +211,12 @@ class OutputFolder:
         return record
 
     def write_summary(self, records: Iterable[dict], skipped: Sequence[dict], extra: dict | None = None) -> Path:
-        doc = {"run": self.config.to_json(), **(extra or {}), "frames": list(records), "skipped": list(skipped)}
+        """``labels.json``: the run, every record in source order (objects without their masks,
+        which are in the records and coco_instances.json: a noisy mask's RLE can be hundreds of
+        kB a frame), and the skipped frames."""
+        frames = [dict(r, objects=[{k: v for k, v in o.items() if k != "rle"} for o in r.get("objects", [])])
+                  for r in records]
+        doc = {"run": self.config.to_json(), **(extra or {}), "frames": frames, "skipped": list(skipped)}
         path = self.root / SUMMARY_FILE
         self._write_if_changed(path, json.dumps(doc, indent=1).encode())
         return path

@@ -87,6 +87,10 @@ def test_folder_labels_match_the_engine_and_coco_decodes_to_the_label(folder, tm
     for image in instances.loadImgs(instances.getImgIds()):
         anns = instances.loadAnns(instances.getAnnIds(imgIds=image["id"]))
         assert len(anns) == len(records[image["file_name"]]["objects"])
+        # the summary leaves the masks to the records and the COCO file
+        assert all("rle" not in o for o in records[image["file_name"]]["objects"])
+        full = json.loads((out / "frames" / (image["file_name"].rsplit(".", 1)[0] + ".json")).read_text())
+        assert [o["rle"] for o in full["objects"]] == [a["segmentation"] for a in anns]
         name = image["file_name"].rsplit(".", 1)[0]
         for ann in anns:
             k = ann["category_id"] - 1
