@@ -27,7 +27,7 @@ from pathlib import Path
 import cv2
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from camera_run import end_run, start_node  # noqa: E402
+from camera_run import NodeNeverAnswered, end_run, retrying, start_node  # noqa: E402
 from results_file import cpu_name, write_results  # noqa: E402
 
 from clipseg_ros.synthetic_motion import motion, sample_picture  # noqa: E402
@@ -42,6 +42,7 @@ def frames(count: int):
                            borderMode=cv2.BORDER_REFLECT_101) for t in range(count)]
 
 
+@retrying
 def live_node(model: str, images, dtype: str) -> dict:
     node, log = start_node(model, PROMPTS, "clipseg_bench_label_", rate=0.0, dtype=dtype)
     import threading
@@ -70,12 +71,14 @@ def live_node(model: str, images, dtype: str) -> dict:
     messages = [cv2_to_imgmsg(f, "rgb8") for f in images]
     try:
         # warm-up: until the node answers at all (model load, first frame)
-        deadline = time.monotonic() + 180
+        deadline = time.monotonic() + 90
         warm = messages[0]
         k = 0
         while not answered:
-            if node.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"node produced no output; its log: {log}")
+            if node.poll() is not None:
+                raise SystemExit(f"the node exited; its log: {log}")
+            if time.monotonic() > deadline:
+                raise NodeNeverAnswered(f"node produced no output in 90 s; its log: {log}")
             warm.header.stamp.sec, warm.header.stamp.nanosec = 1, k
             pub.publish(warm)
             k += 1

@@ -28,7 +28,7 @@ import tempfile
 import time
 
 import numpy as np
-from camera_run import end_run, play  # noqa: E402
+from camera_run import NodeNeverAnswered, end_run, play, retrying  # noqa: E402
 from results_file import cpu_name, write_results
 
 from clipseg_ros.spinner import BackgroundSpinner
@@ -98,6 +98,7 @@ def overhead(model: str, prompts: int, repeats: int) -> list[dict]:
     return rows
 
 
+@retrying
 def latency(model: str, prompts: int, seconds: float, camera_hz: float, dtype: str = "auto") -> dict:
     """Real node subprocess + 30 Hz camera; latency = arrival time - image stamp. Also the time
     from starting the process to its first output (the camera runs from the start)."""
@@ -135,10 +136,12 @@ def latency(model: str, prompts: int, seconds: float, camera_hz: float, dtype: s
     msg = cv2_to_imgmsg(img, "rgb8")
     sent = 0
     try:
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + 90
         while not arrivals:  # wait for the model to load and discovery to finish
-            if node.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"node did not produce output within 120 s; its log: {node_log.name}")
+            if node.poll() is not None:
+                raise SystemExit(f"the node exited; its log: {node_log.name}")
+            if time.monotonic() > deadline:
+                raise NodeNeverAnswered(f"node did not produce output within 90 s; its log: {node_log.name}")
             msg.header.stamp = cam.get_clock().now().to_msg()
             pub.publish(msg)
             time.sleep(1 / camera_hz)
@@ -168,6 +171,8 @@ def main(argv=None) -> int:
     parser.add_argument("--model", help="checkpoint directory (default: random rd64-refined)")
     parser.add_argument("--prompts", type=int, default=4)
     parser.add_argument("--seconds", type=float, default=0, help="latency run length (default 60, quick 5)")
+    parser.add_argument("--dtype", default="float32", help="the node's dtype in the latency run (default float32, "
+                                                           "as the overhead run's engine)")
     parser.add_argument("--json", help="write results to this path")
     args = parser.parse_args(argv)
 
@@ -180,7 +185,7 @@ def main(argv=None) -> int:
         model = str(make_random_checkpoint(tmp.name, size="tiny" if args.quick else "rd64-refined"))
     repeats = 3 if args.quick else 5
     rows = overhead(model, args.prompts, repeats)
-    lat = latency(model, args.prompts, args.seconds or (5.0 if args.quick else 60.0), 30.0)
+    lat = latency(model, args.prompts, args.seconds or (5.0 if args.quick else 60.0), 30.0, dtype=args.dtype)
     result = {"model": "random tiny" if args.quick else (args.model or "random rd64-refined"), "cpu": cpu_name(),
               "overhead": rows, "latency": lat}
     print()

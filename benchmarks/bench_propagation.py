@@ -33,7 +33,7 @@ import cv2
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from camera_run import NodeNeverAnswered, end_run, play, start_node  # noqa: E402
+from camera_run import NodeNeverAnswered, end_run, play, retrying, start_node  # noqa: E402
 from results_file import cpu_name, write_results  # noqa: E402
 
 from clipseg_ros.messages import build_outputs  # noqa: E402
@@ -107,16 +107,8 @@ def propagation_cost(picture, repeats: int = 30) -> dict:
     return row
 
 
-def node_rates(*args, **kwargs) -> dict:
-    """:func:`node_rates_once`, again with a new node if the first was never discovered."""
-    try:
-        return node_rates_once(*args, **kwargs)
-    except NodeNeverAnswered as exc:
-        print(f"{exc}: trying once more with a new node", flush=True)
-        return dict(node_rates_once(*args, **kwargs), attempts=2)
-
-
-def node_rates_once(model: str, picture, propagate: bool, seconds: float, camera_hz: float = 30.0,
+@retrying
+def node_rates(model: str, picture, propagate: bool, seconds: float, camera_hz: float = 30.0,
                     propagate_rate: float = 15.0, model_rate: float = 0.0, budget: float = 0.1) -> dict:
     """The real node: model and propagated outputs per second under a panning 30 Hz camera."""
     # One ROS context and domain for all runs of this process (a fresh context per run lost

@@ -17,6 +17,17 @@ class NodeNeverAnswered(RuntimeError):
     now and then on these machines; the run is retried once with a new node)."""
 
 
+def retrying(run):
+    """``run`` wrapped: called again once (a new node) when it raises NodeNeverAnswered."""
+    def wrapped(*args, **kwargs):
+        try:
+            return run(*args, **kwargs)
+        except NodeNeverAnswered as exc:
+            print(f"{exc}: trying once more with a new node", flush=True)
+            return dict(run(*args, **kwargs), attempts=2)
+    return wrapped
+
+
 def start_node(model: str, prompts, log_prefix: str, **params) -> tuple[subprocess.Popen, str]:
     """``python -m clipseg_ros`` named ``clipseg`` on ``/bench/image`` with ``prompts`` and
     ``params`` (name=value); its log goes to a file (a pipe nobody reads would block it). Sets
