@@ -134,21 +134,18 @@ TRIM_PERIOD_S = 1.0
 
 class WorkerLoad:
     """How a worker thread spends its time, averaged over its recent cycles (exponentially,
-    ``weight`` for the newest): ``spare`` = waiting / (waiting + working), ``busy_s`` = seconds
-    of work per cycle (wall clock), ``cpu_s`` = CPU seconds the thread itself used per cycle
-    (less than ``busy_s`` when other threads had the cores). Written by the worker, read by
-    others (floats: no lock needed)."""
+    ``weight`` for the newest): ``spare`` = waiting / (waiting + working), ``cpu_s`` = CPU
+    seconds the thread itself used per cycle (less than its wall time at work when other threads
+    had the cores). Written by the worker, read by others (floats: no lock needed)."""
 
     def __init__(self, weight: float = 0.3):
         self.weight = weight
         self.spare: float | None = None  # None until the first cycle
-        self.busy_s: float | None = None
         self.cpu_s: float | None = None
 
     def add(self, waited_s: float, busy_s: float, cpu_s: float) -> None:
         spare = waited_s / max(waited_s + busy_s, 1e-9)
         self.spare = self._average(self.spare, spare)
-        self.busy_s = self._average(self.busy_s, busy_s)
         self.cpu_s = self._average(self.cpu_s, cpu_s)
 
     def _average(self, old: float | None, new: float) -> float:

@@ -31,8 +31,8 @@ import torch
 from clipseg_ros import postprocess
 from clipseg_ros.device import OUT_OF_MEMORY_ERRORS, release_cache, resolve_device, set_num_threads, synchronize
 from clipseg_ros.network import ClipSegNetwork
-from clipseg_ros.precision import Precision, choose_precision
 from clipseg_ros.postprocess import SegmentationResult
+from clipseg_ros.precision import Precision, choose_precision
 from clipseg_ros.preprocessing import PreprocessConfig, as_rgb_uint8, preprocess_batch
 from clipseg_ros.prompts import PromptError, PromptSet
 
