@@ -22,7 +22,7 @@ import math
 import sys
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
@@ -126,14 +126,14 @@ def prompts_from_file(path: str) -> list[str]:
 # ---------------------------------------------------------------------- the run
 @dataclass
 class RunReport:
+    """What a run did: frames labelled now, found done, skipped (name, origin, reason), its
+    labelling loop's seconds, and why it stopped early ('' when it did not)."""
+
     labelled: int = 0
     resumed: int = 0
-    skipped: list = None
+    skipped: list[dict] = field(default_factory=list)
     seconds: float = 0.0
     stopped: str = ""
-
-    def __post_init__(self):
-        self.skipped = [] if self.skipped is None else self.skipped
 
     @property
     def frames_per_second(self) -> float:
@@ -226,7 +226,7 @@ class Labeller:
         for future in writes:
             try:
                 record = future.result()
-            except (DiskFull, Exception):  # noqa: BLE001 - already stopping; the frame is simply not done
+            except Exception:  # noqa: BLE001 - already stopping (DiskFull or else): the frame is simply not done
                 continue
             self.records[record["name"]] = record
             report.labelled += 1
@@ -270,7 +270,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompts-file", help="one prompt per line ('#' comments), or a JSON list")
     p.add_argument("--prompt-store", help="a saved prompt store folder (the node's prompt_store): texts, "
                                           "example images, thresholds, template")
-    p.add_argument("--template", default="{}", help="prompt template with one '{}' (default: the prompt as is)")
+    p.add_argument("--template", default="{}", help="prompt template with one '{}' (default: the prompt as is, "
+                                                    "or the prompt store's)")
     p.add_argument("--threshold", type=float, default=0.4, help="default threshold (default 0.4)")
     p.add_argument("--prompt-threshold", action="append", default=[], metavar="NAME=VALUE",
                    help="a prompt's own threshold (repeatable)")
