@@ -316,7 +316,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             texts = list(dict.fromkeys(texts + prompts_from_file(args.prompts_file)))
         thresholds = thresholds_from_parameter(args.prompt_threshold)
         selection = Selection(stride=args.stride, limit=args.limit, start=args.start, end=args.end)
-        source = open_source(args.input, args.topics, selection)
+        source = open_source(args.input, args.topics, selection, exclude=args.output)
         if args.bag_out and source.kind != "rosbag":
             raise LabelInputError("--bag-out needs a rosbag2 input")
     except (PromptError, LabelInputError, OSError, ValueError) as exc:

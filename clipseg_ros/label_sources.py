@@ -13,6 +13,7 @@ through exactly the node's conversion (:func:`clipseg_ros.conversions.read_rgb8`
 from __future__ import annotations
 
 import re
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -74,10 +75,12 @@ class SourceFrame:
     stamp_ns: int = 0
 
 
-def open_source(path: str | Path, topics: Sequence[str] = (), selection: Selection = Selection()
-                ) -> "FolderSource | VideoSource | BagSource":
+def open_source(path: str | Path, topics: Sequence[str] = (), selection: Selection = Selection(),
+                exclude: str | Path | None = None) -> "FolderSource | VideoSource | BagSource":
     """The source for ``path``: a folder of images, a rosbag2 (a folder with metadata.yaml, or
-    a .db3/.mcap file), one image, or a video. LabelInputError when it is none of these."""
+    a .db3/.mcap file), one image, or a video. ``exclude``: a folder whose images a folder
+    source skips (the output folder, when it lies inside the input). LabelInputError when it
+    is none of these."""
     p = Path(path).expanduser()
     if not p.exists():
         raise LabelInputError(f"{p} does not exist")
@@ -86,7 +89,7 @@ def open_source(path: str | Path, topics: Sequence[str] = (), selection: Selecti
     if topics:
         raise LabelInputError(f"--topics applies to rosbags only; {p} is not a rosbag2")
     if p.is_dir() or p.suffix.lower() in IMAGE_SUFFIXES:
-        return FolderSource(p, selection)
+        return FolderSource(p, selection, exclude=Path(exclude).expanduser() if exclude else None)
     return VideoSource(p, selection)
 
 
@@ -107,20 +110,26 @@ def _select(items: Iterator, selection: Selection) -> Iterator:
 
 
 class FolderSource:
-    """Images in a folder (and its subfolders), sorted by relative path; or one image file."""
+    """Images in a folder (and its subfolders, except ``exclude``), sorted by relative path; or
+    one image file. Names are relative paths without the suffix; where two images differ only
+    in their suffix (a.png and a.jpg) both keep it (a_png, a_jpg)."""
 
     kind = "folder"
 
-    def __init__(self, path: Path, selection: Selection = Selection()):
+    def __init__(self, path: Path, selection: Selection = Selection(), exclude: Path | None = None):
         if selection.timed:
             raise LabelInputError("--start/--end need timed frames (a video or a rosbag); "
                                   f"{path} is a folder of images: use --stride/--limit")
         self.root = path if path.is_dir() else path.parent
+        skip = exclude.resolve() if exclude is not None else None
         files = ([path] if path.is_file() else
-                 sorted((p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES),
+                 sorted((p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+                         and (skip is None or not p.resolve().is_relative_to(skip))),
                         key=lambda p: p.relative_to(path).as_posix()))
         if not files:
             raise LabelInputError(f"{path} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+        stems = Counter(f.with_suffix("") for f in files)
+        self._clashing = {f for f in files if stems[f.with_suffix("")] > 1}
         self.files = list(_select(iter(files), selection))
 
     def __len__(self) -> int:
@@ -129,15 +138,9 @@ class FolderSource:
     def __iter__(self) -> Iterator[SourceFrame]:
         for file in self.files:
             relative = file.relative_to(self.root).as_posix()
-            name = relative.rsplit(".", 1)[0] + "_" + file.suffix.lower().lstrip(".") \
-                if _stem_clash(file) else relative.rsplit(".", 1)[0]
+            stem = relative.rsplit(".", 1)[0]
+            name = f"{stem}_{file.suffix.lower().lstrip('.')}" if file in self._clashing else stem
             yield read_image_file(file, name, relative)
-
-
-def _stem_clash(file: Path) -> bool:
-    """Another image with the same stem beside it (a.png and a.jpg): names keep the suffix."""
-    return any(other != file and other.stem == file.stem and other.suffix.lower() in IMAGE_SUFFIXES
-               for other in file.parent.iterdir())
 
 
 def read_image_file(file: Path, name: str, origin: str) -> SourceFrame:

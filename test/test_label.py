@@ -346,3 +346,18 @@ def test_runs_as_a_module():
     done = subprocess.run([sys.executable, "-m", "clipseg_ros.label", "--help"], capture_output=True, text=True,
                           timeout=120)
     assert done.returncode == 0 and "usage: clipseg-label" in done.stdout and "--bag-out" in done.stdout
+
+
+def test_folder_names_keep_suffixes_only_where_stems_clash_and_skip_the_output_inside(tmp_path, tiny_checkpoint):
+    images = tmp_path / "pictures"
+    images.mkdir()
+    for name, seed in (("a.png", 0), ("a.jpg", 1), ("b.png", 2)):
+        cv2.imwrite(str(images / name), cv2.cvtColor(picture(seed), cv2.COLOR_RGB2BGR))
+    out = images / "labels_out"  # inside the input: its PNGs must never become inputs
+    args = [images, "-o", out, "--prompts", "cup", "--probabilities"]
+    assert run(args, tiny_checkpoint) == 0
+    names = [f["name"] for f in json.loads((out / "labels.json").read_text())["frames"]]
+    assert names == ["a_jpg", "a_png", "b"]
+    assert run(args, tiny_checkpoint) == 0  # the rerun still sees three inputs, all done
+    summary = json.loads((out / "labels.json").read_text())
+    assert [f["name"] for f in summary["frames"]] == names and summary["skipped"] == []
