@@ -24,13 +24,12 @@ import argparse
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_engine import sample_image  # noqa: E402
+from bench_engine import median_ms, sample_image  # noqa: E402
 from bench_node import latency  # noqa: E402
 from results_file import cpu_name, write_results  # noqa: E402
 
@@ -64,13 +63,7 @@ def blog_usage_ms(model: str, image, n: int, repeats: int) -> float:
         with torch.inference_mode():
             torch.sigmoid(net(**inputs).logits)
 
-    once()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        once()
-        times.append((time.perf_counter() - t0) * 1e3)
-    return round(statistics.median(times), 1)
+    return round(median_ms(once, repeats), 1)
 
 
 def photos():
