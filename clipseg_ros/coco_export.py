@@ -26,11 +26,6 @@ def encode_mask(mask: np.ndarray) -> dict:
     return {"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("ascii")}
 
 
-def decode_mask(rle: dict) -> np.ndarray:
-    """(H, W) uint8 0/1 from COCO RLE."""
-    return coco_mask.decode({"size": rle["size"], "counts": rle["counts"].encode("ascii")})
-
-
 def rle_box_and_area(rle: dict) -> tuple[list[float], int]:
     compressed = {"size": rle["size"], "counts": rle["counts"].encode("ascii")}
     return [float(v) for v in coco_mask.toBbox(compressed)], int(coco_mask.area(compressed))

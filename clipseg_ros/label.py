@@ -30,7 +30,7 @@ import cv2
 import numpy as np
 
 from clipseg_ros.label_outputs import (DISK_FULL, DiskFull, FrameFiles, OutputConflict, OutputFolder, RunConfig,
-                                       label_dtype, pixels_digest, sha256_bytes)
+                                       label_dtype, pixels_digest)
 from clipseg_ros.label_sources import LabelInputError, Selection, SourceFrame, open_source
 
 EXIT_INPUT, EXIT_DISK_FULL, EXIT_INTERRUPTED = 2, 3, 130
@@ -144,7 +144,7 @@ class Labeller:
     """Labels frames from a source into an :class:`OutputFolder` (see the module doc)."""
 
     def __init__(self, engine, prompt_state, folder: OutputFolder, options: LabelOptions, batch: int = 1):
-        self.engine, self.state, self.folder, self.options = engine, prompt_state, folder, options
+        self.engine, self.folder, self.options = engine, folder, options
         self.prompt_set = prompt_state.prompt_set
         self.batch = max(1, int(batch))
         self.records: dict[str, dict] = {}  # name -> record, in source order
@@ -334,7 +334,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     prompt_set = state.prompt_set
     config = RunConfig(model=model, prompts=tuple(names), thresholds=prompt_set.thresholds_or(args.threshold),
                        template=state.template, threshold=args.threshold,
-                       image_prompts=tuple((i.name, sha256_bytes(np.ascontiguousarray(i.example.prompt_image).data))
+                       image_prompts=tuple((i.name, pixels_digest(i.example.prompt_image))
                                            for i in state.images),
                        probabilities=bool(args.probabilities or args.bag_out),
                        min_object_area=args.min_object_area, max_objects=args.max_objects)

@@ -55,7 +55,7 @@ class RunConfig:
     thresholds: tuple[float, ...]
     template: str
     threshold: float = 0.4  # the default, for prompts without their own (each one's is in thresholds)
-    image_prompts: tuple[tuple[str, str], ...] = ()  # (name, sha256 of the prompt image)
+    image_prompts: tuple[tuple[str, str], ...] = ()  # (name, pixels_digest of the prompt image)
     probabilities: bool = False
     min_object_area: float = 64.0
     max_objects: int = 16
