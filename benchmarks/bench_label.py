@@ -2,7 +2,7 @@
 
     python benchmarks/bench_label.py --json benchmarks/results/label_cpu.json
 
-200 frames of 640x480 (a camera panning over scikit-image's coffee photo), 8 prompts, random
+200 frames of 640x480 (a camera panning over scikit-image's coffee photo, back and forth), 8 prompts, random
 weights with the real rd64-refined architecture (speed does not depend on weight values), the
 same ``--dtype`` for both (default auto):
 
@@ -30,16 +30,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from camera_run import NodeNeverAnswered, end_run, retrying, start_node  # noqa: E402
 from results_file import cpu_name, write_results  # noqa: E402
 
-from clipseg_ros.synthetic_motion import motion, sample_picture  # noqa: E402
+from clipseg_ros.synthetic_motion import panning_camera, sample_picture  # noqa: E402
 
 H, W = 480, 640
 PROMPTS = [f"thing {k}" for k in range(8)]
 
 
 def frames(count: int):
-    picture = sample_picture(H, W)
-    return [cv2.warpAffine(picture, motion(t % 60, (H, W), shift=(2.0, 0.0)), (W, H),
-                           borderMode=cv2.BORDER_REFLECT_101) for t in range(count)]
+    pan = panning_camera(sample_picture(H, W))
+    return [pan[t % len(pan)] for t in range(count)]
 
 
 @retrying

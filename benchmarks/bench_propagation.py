@@ -41,7 +41,7 @@ from clipseg_ros.postprocess import result_from_masks  # noqa: E402
 from clipseg_ros.propagation import FlowOptions, MaskPropagator, TemporalSmoother  # noqa: E402
 from clipseg_ros.scene import SceneOptions, build_scene  # noqa: E402
 from clipseg_ros.spinner import BackgroundSpinner  # noqa: E402
-from clipseg_ros.synthetic_motion import iou, motion, moving_scene, sample_picture  # noqa: E402
+from clipseg_ros.synthetic_motion import iou, moving_scene, panning_camera, sample_picture  # noqa: E402
 from clipseg_ros.temporal import CameraTimeline, TemporalOptions  # noqa: E402
 
 H, W = 480, 640
@@ -123,10 +123,7 @@ def node_rates(model: str, picture, propagate: bool, seconds: float, camera_hz: 
 
     from clipseg_ros.conversions import cv2_to_imgmsg
 
-    # a camera panning 2 px/frame back and forth (no cuts): 60 frames, played forwards and back
-    pan = [cv2.warpAffine(picture, motion(t, (H, W), shift=(2.0, 0.0)), (W, H), borderMode=cv2.BORDER_REFLECT_101)
-           for t in range(60)]
-    messages = [cv2_to_imgmsg(f, "rgb8") for f in pan + pan[::-1]]
+    messages = [cv2_to_imgmsg(f, "rgb8") for f in panning_camera(picture)]
     if not rclpy.ok():
         rclpy.init()
     cam = Node(f"bench_camera_{'on' if propagate else 'off'}_{int(propagate_rate)}_{int(model_rate * 10)}_"

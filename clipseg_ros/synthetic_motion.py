@@ -34,6 +34,15 @@ def moving_scene(image: np.ndarray, mask: np.ndarray, frames: int, shift=(0.0, 0
         yield frame, true
 
 
+def panning_camera(image: np.ndarray, frames: int = 60, px_per_frame: float = 2.0) -> list[np.ndarray]:
+    """A camera panning over ``image`` by ``px_per_frame`` sideways, ``frames`` frames forwards
+    and the same back (no cuts: each frame is one step from the previous)."""
+    h, w = image.shape[:2]
+    forwards = [cv2.warpAffine(image, motion(t, (h, w), shift=(px_per_frame, 0.0)), (w, h),
+                               borderMode=cv2.BORDER_REFLECT_101) for t in range(frames)]
+    return forwards + forwards[::-1]
+
+
 def sample_picture(h: int = 480, w: int = 640) -> np.ndarray:
     """A real photo (scikit-image's coffee, CC0) at (h, w), else a smooth random texture."""
     try:

@@ -127,3 +127,13 @@ def test_propagation_rate_keeps_to_its_budget_only_when_the_model_has_no_spare_t
     assert propagation_rate(15.0, 0.0, None, 0.1) == 15.0  # its own CPU cost not known yet
     with pytest.raises(ValueError):
         propagation_rate(15.0, 0.0, 0.01, 0.0)
+
+
+def test_panning_camera_moves_two_pixels_a_frame_and_comes_back():
+    from clipseg_ros.synthetic_motion import panning_camera
+
+    picture = sample_picture(48, 64)
+    pan = panning_camera(picture, frames=5)
+    assert len(pan) == 10 and np.array_equal(pan[0], picture) and np.array_equal(pan[-1], picture)
+    for a, b in zip(pan[:4], pan[1:5]):  # forwards: each frame is the previous one moved 2 px
+        assert np.array_equal(b[:, 2:], a[:, :-2]) or np.array_equal(b[:, :-2], a[:, 2:])
