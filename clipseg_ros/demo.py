@@ -21,9 +21,7 @@ import argparse
 import json
 import os
 import random
-import signal
 import socket
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -31,6 +29,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from clipseg_ros.child_node import ChildNode
 from clipseg_ros.engine import DEFAULT_MODEL
 from clipseg_ros.random_checkpoint import is_untrained, make_random_checkpoint
 from clipseg_ros.spinner import BackgroundSpinner
@@ -39,6 +38,10 @@ DEFAULT_PROMPTS = "cup;cat;person;rocket"
 SAMPLE_PHOTOS = ("coffee", "chelsea", "astronaut", "rocket")
 UNTRAINED_NOTE = "untrained weights: masks are meaningless"
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
+# Once the node says it is segmenting, its first answer takes one inference (1-5 s on a CPU); 30 s
+# without one means DDS never paired this player with it (see child_node), so a new node is started.
+ANSWER_TIMEOUT_S = 30.0
+NODE_STARTS = 3
 
 
 # ---------------------------------------------------------------------- inputs
@@ -139,7 +142,7 @@ def main(argv=None) -> int:
     prompts = [p.strip() for p in args.prompts.split(";") if p.strip()]
 
     env = dict(os.environ)
-    env.setdefault("ROS_DOMAIN_ID", str(random.randint(1, 100)))  # keep off a robot's default domain
+    env.setdefault("ROS_DOMAIN_ID", str(random.randint(1, 101)))  # off a robot's default 0; 102+ meet ephemeral ports
     env.setdefault("FASTDDS_BUILTIN_TRANSPORTS", "LARGE_DATA")  # large images between processes
     os.environ.update({k: env[k] for k in ("ROS_DOMAIN_ID", "FASTDDS_BUILTIN_TRANSPORTS")})
     node_cmd = [sys.executable, "-m", "clipseg_ros", "--ros-args", "-r", "__node:=clipseg",
@@ -149,16 +152,7 @@ def main(argv=None) -> int:
                 "-p", f"threshold:={float(args.threshold)}"]
     print(f"demo: {len(frames)} images, prompts {prompts}, model {model}"
           + (f" ({UNTRAINED_NOTE})" if untrained else ""), flush=True)
-    node = subprocess.Popen(node_cmd, env=env)
-    try:
-        records = play(frames, prompts, output, args, node)
-    finally:
-        if node.poll() is None:
-            node.send_signal(signal.SIGINT)
-            try:
-                node.wait(10)
-            except subprocess.TimeoutExpired:
-                node.kill()
+    records = play(frames, output, args, lambda: ChildNode(node_cmd, env))
     summary = {"model": model, "untrained": untrained, "prompts": prompts, "threshold": args.threshold,
                "frames": records}
     if untrained:
@@ -169,8 +163,10 @@ def main(argv=None) -> int:
     return 0 if len(records) == len(frames) else 1
 
 
-def play(frames, prompts, output: Path, args, node) -> list[dict]:
-    """Publish each frame at camera rate until the node's result for it arrives; save results."""
+def play(frames, output: Path, args, start_node) -> list[dict]:
+    """Start the node (``start_node()``: a :class:`ChildNode`), publish each frame at camera rate
+    until the node's result for it arrives, save the results. A node that never answers is
+    replaced (at most NODE_STARTS starts); frames already saved are kept."""
     import rclpy
     from clipseg_ros_interfaces.msg import Segmentation
     from rclpy.node import Node
@@ -192,19 +188,31 @@ def play(frames, prompts, output: Path, args, node) -> list[dict]:
     records = []
     deadline = time.monotonic() + args.timeout
     period = 1.0 / args.camera_hz
+    node, starts, answered = start_node(), 1, False
     try:
         for index, (name, rgb) in enumerate(frames):
             frame_id = f"demo/{index:05d}"
             msg = cv2_to_imgmsg(rgb, "rgb8")
             msg.header.frame_id = frame_id
             while not (frame_id in results and frame_id in overlays):
-                if node.poll() is not None:
-                    raise SystemExit(f"demo: the node exited with code {node.returncode}")
+                if node.exit_code() is not None:
+                    raise SystemExit(f"demo: the node exited with code {node.exit_code()}")
+                if not answered and (node.ready_for() or 0.0) > ANSWER_TIMEOUT_S:
+                    if starts == NODE_STARTS:
+                        raise SystemExit(f"demo: the node never answered this player ({starts} starts); "
+                                         f"check that ROS_DOMAIN_ID and FASTDDS_BUILTIN_TRANSPORTS match")
+                    starts += 1
+                    print(f"demo: the node has been segmenting for {ANSWER_TIMEOUT_S:.0f} s and no answer reached "
+                          f"this player: DDS discovery between the two did not complete (Fast DDS does this now "
+                          f"and then); starting a new node (start {starts} of {NODE_STARTS})", flush=True)
+                    node.stop()
+                    node = start_node()
                 if time.monotonic() > deadline:
                     raise SystemExit(f"demo: no result for {name} within {args.timeout:.0f} s")
                 msg.header.stamp = player.get_clock().now().to_msg()
                 pub.publish(msg)
                 time.sleep(period)  # camera frame period
+            answered = True
             seg = results[frame_id]
             cv2.imwrite(str(output / f"{name}_overlay.png"), imgmsg_to_cv2(overlays[frame_id], "bgr8"))
             cv2.imwrite(str(output / f"{name}_label.png"), imgmsg_to_cv2(seg.label))
@@ -214,6 +222,7 @@ def play(frames, prompts, output: Path, args, node) -> list[dict]:
                             "confidences": [confidence_record(c) for c in seg.confidences]})
             print(f"demo: {name}: {seg.inference_ms:.0f} ms", flush=True)
     finally:
+        node.stop()
         spinner.stop()
         player.destroy_node()
         rclpy.try_shutdown()

@@ -14,7 +14,7 @@ from std_msgs.msg import String  # noqa: E402
 from clipseg_ros.conversions import imgmsg_to_cv2  # noqa: E402
 from clipseg_ros.synthetic_motion import iou  # noqa: E402
 from clipseg_ros_interfaces.msg import Segmentation  # noqa: E402
-from ros_helpers import CameraPublisher, NodeProcess, assert_clean_exit, wait_for  # noqa: E402
+from ros_helpers import CameraPublisher, assert_clean_exit, start_answering_node, wait_for  # noqa: E402
 
 NODE = "clipseg_camera_rate"
 STARTS = itertools.count(0, 100_000)  # each test's camera stamps follow the previous test's
@@ -22,12 +22,12 @@ TOPIC = "/rate_cam/image_raw"
 
 
 @pytest.fixture(scope="module")
-def node(tiny_checkpoint, tmp_path_factory, ros):
-    proc = NodeProcess(NODE, {"model": str(tiny_checkpoint), "prompts": ["cup", "door handle"], "rate": 1.0,
-                              "image_topics": [TOPIC], "propagate": True, "propagate_rate": 30.0,
-                              "smoothing": 0.5, "prompt_thresholds": ["cup=0"]},
-                       tmp_path_factory.mktemp("logs"))
-    proc.wait_ready()
+def node(tiny_checkpoint, tmp_path_factory, client):
+    proc = start_answering_node(client, NODE, {"model": str(tiny_checkpoint), "prompts": ["cup", "door handle"],
+                                               "rate": 1.0, "image_topics": [TOPIC], "propagate": True,
+                                               "propagate_rate": 30.0, "smoothing": 0.5,
+                                               "prompt_thresholds": ["cup=0"]},
+                                tmp_path_factory.mktemp("logs"))
     yield proc
     assert_clean_exit(proc, proc.stop())
 

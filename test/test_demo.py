@@ -4,14 +4,24 @@ import json
 import os
 import subprocess
 import sys
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from clipseg_ros import demo
+from clipseg_ros.child_node import ChildNode
+
+
+def own_domain() -> str:
+    """A ROS domain of these tests' own, different from the suite's (1-100) and, like it, within
+    0-101: higher domains' ports fall in Linux's ephemeral port range."""
+    return str(101 - int(os.environ["ROS_DOMAIN_ID"]))
 
 
 def test_demo_on_bundled_images_offline(tmp_path):
     out = tmp_path / "demo"
-    env = dict(os.environ, HF_HUB_OFFLINE="1")  # CI has no model hub: exercise the fallback
-    # A domain of its own: once, run right after the camera-rate tests' node in the same domain,
-    # the demo's node and player never saw each other (cause not established).
-    env["ROS_DOMAIN_ID"] = str((int(os.environ["ROS_DOMAIN_ID"]) + 101) % 232)
+    env = dict(os.environ, HF_HUB_OFFLINE="1", ROS_DOMAIN_ID=own_domain())  # CI has no model hub: the fallback
     proc = subprocess.run([sys.executable, "-m", "clipseg_ros.demo", "--output", str(out), "--max-frames", "2",
                            "--prompts", "cup; cat", "--timeout", "120"],
                           env=env, capture_output=True, text=True, timeout=240)
@@ -30,3 +40,38 @@ def test_demo_on_bundled_images_offline(tmp_path):
     coffee = cv2.imread(str(out / "coffee_label.png"), cv2.IMREAD_UNCHANGED)
     assert coffee.shape == (400, 600) and coffee.max() <= 2  # skimage coffee is 400x600
     assert "coffee" in proc.stdout and "max" in proc.stdout  # the per-prompt table
+
+
+def deaf_node(env) -> ChildNode:
+    """A process that says it is segmenting and never answers: what a node looks like to the
+    player when DDS discovery between the two never completes."""
+    return ChildNode([sys.executable, "-c", "print('segmenting /demo/image', flush=True); "
+                      "import time; time.sleep(120)"], env)
+
+
+@pytest.fixture
+def player_setup(tmp_path, tiny_checkpoint, monkeypatch):
+    monkeypatch.setenv("ROS_DOMAIN_ID", own_domain())
+    monkeypatch.setattr(demo, "ANSWER_TIMEOUT_S", 3.0)
+    env = dict(os.environ)
+    real = [sys.executable, "-m", "clipseg_ros", "--ros-args", "-r", "__node:=clipseg", "-p", f"model:={tiny_checkpoint}",
+            "-p", "dtype:=float32", "-p", "prompts:=['cup']", "-p", "image_topics:=[/demo/image]"]
+    frames = [("grey", np.full((40, 60, 3), 128, np.uint8))]
+    args = SimpleNamespace(timeout=90.0, camera_hz=10.0)
+    return env, real, frames, args
+
+
+def test_a_node_that_never_answers_is_replaced(player_setup, tmp_path, capsys):
+    env, real, frames, args = player_setup
+    starts = iter([lambda: deaf_node(env), lambda: ChildNode(real, env)])
+    records = demo.play(frames, tmp_path, args, lambda: next(starts)())
+    assert [r["frame"] for r in records] == ["grey"]
+    assert (tmp_path / "grey_label.png").is_file()
+    assert "no answer reached this player" in capsys.readouterr().out
+
+
+def test_a_player_no_node_answers_gives_up_with_the_reason(player_setup, tmp_path, monkeypatch):
+    env, _, frames, args = player_setup
+    monkeypatch.setattr(demo, "NODE_STARTS", 2)
+    with pytest.raises(SystemExit, match="never answered this player \\(2 starts\\)"):
+        demo.play(frames, tmp_path, args, lambda: deaf_node(env))

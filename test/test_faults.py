@@ -29,7 +29,7 @@ from clipseg_ros.spinner import BackgroundSpinner  # noqa: E402
 from clipseg_ros_interfaces.msg import Segmentation  # noqa: E402
 from clipseg_ros_interfaces.srv import SetPrompts  # noqa: E402
 from ros_helpers import (CameraPublisher, NodeProcess, assert_clean_exit, is_dds_teardown_deadlock,  # noqa: E402
-                         make_image, wait_for)
+                         make_image, start_answering_node, wait_for)
 
 
 def latest_status(diagnostics, name, after=0.0):
@@ -131,9 +131,9 @@ def test_missing_cuda_falls_back_to_cpu_or_refuses_when_strict(tiny_checkpoint, 
     assert "CUDA is not available" in strict.log() and "Traceback" not in strict.log()
 
     before = shm_segments()
-    proc = NodeProcess("clipseg_fallback", {"model": str(tiny_checkpoint), "device": "cuda", "prompts": ["cup"],
-                                            "rate": 0.0, "image_topics": ["/fb_cam/image"]}, tmp_path)
-    proc.wait_ready()
+    proc = start_answering_node(client, "clipseg_fallback", {"model": str(tiny_checkpoint), "device": "cuda",
+                                                             "prompts": ["cup"], "rate": 0.0,
+                                                             "image_topics": ["/fb_cam/image"]}, tmp_path)
     assert "running on the CPU" in proc.log() and "on cpu, precision float32" in proc.log()
     segs = client.collect(Segmentation, "/clipseg_fallback/segmentation")
     CameraPublisher(client, "/fb_cam/image").publish_until(segs, 1)
@@ -158,9 +158,9 @@ def lifecycle_call(client, node, transition_id=None):
 def test_lifecycle_transitions_over_services(tiny_checkpoint, tmp_path, client):
     name, topic = "clipseg_lc", "/lc_cam/image"
     diags = stamped(client)
-    proc = NodeProcess(name, {"model": str(tiny_checkpoint), "lifecycle": True, "prompts": ["cup"], "rate": 0.0,
-                              "image_topics": [topic]}, tmp_path, ready_text="waiting for the configure")
-    proc.wait_ready()
+    proc = start_answering_node(client, name, {"model": str(tiny_checkpoint), "lifecycle": True, "prompts": ["cup"],
+                                               "rate": 0.0, "image_topics": [topic]}, tmp_path,
+                                ready_text="waiting for the configure")
     segs = client.collect(Segmentation, f"/{name}/segmentation")
     cam = CameraPublisher(client, topic)
     node_status = f"{name}: model"

@@ -16,16 +16,16 @@ from clipseg_ros.conversions import cv2_to_imgmsg, imgmsg_to_cv2  # noqa: E402
 from clipseg_ros.postprocess import mask_level  # noqa: E402
 from clipseg_ros_interfaces.msg import Confidences, Segmentation  # noqa: E402
 from clipseg_ros_interfaces.srv import SetPrompts  # noqa: E402
-from ros_helpers import CameraPublisher, NodeProcess, assert_clean_exit, make_image, wait_for  # noqa: E402
+from ros_helpers import CameraPublisher, assert_clean_exit, make_image, start_answering_node, wait_for  # noqa: E402
 
 NODE = "clipseg_test"
 
 
 @pytest.fixture(scope="module")
-def node(tiny_checkpoint, tmp_path_factory, ros):
-    proc = NodeProcess(NODE, {"model": str(tiny_checkpoint), "prompts": ["cup", "door handle"], "rate": 0.0,
-                              "image_topics": ["/test_cam/image_raw"]}, tmp_path_factory.mktemp("logs"))
-    proc.wait_ready()
+def node(tiny_checkpoint, tmp_path_factory, client):
+    proc = start_answering_node(client, NODE, {"model": str(tiny_checkpoint), "prompts": ["cup", "door handle"],
+                                               "rate": 0.0, "image_topics": ["/test_cam/image_raw"]},
+                                tmp_path_factory.mktemp("logs"))
     yield proc
     assert_clean_exit(proc, proc.stop())
 
@@ -187,21 +187,10 @@ def test_two_cameras_one_compressed(tiny_checkpoint, tmp_path, client):
               "image_topics": ["/front/color/image_raw", "/left/image_raw/compressed"]}
     cam_a = CameraPublisher(client, "/front/color/image_raw", h=40, w=60)
     cam_b = CameraPublisher(client, "/left/image_raw/compressed", h=30, w=50, compressed=True)
-    # Fast DDS 3.2's TCP transport (LARGE_DATA) now and then never matches a new participant (and
-    # then deadlocks deleting it); seen in 4 of ~20 runs of this test here. One restart.
-    for attempt in range(2):
-        (tmp_path / f"attempt{attempt}").mkdir()
-        proc = NodeProcess(name, params, tmp_path / f"attempt{attempt}",
-                           params_file=Path(__file__).resolve().parents[1] / "config" / "clipseg.yaml")
-        proc.wait_ready()
-        try:
-            wait_for(lambda: cam_a.pub.get_subscription_count() and cam_b.pub.get_subscription_count(), 30,
-                     what="the node to subscribe to both cameras")
-            break
-        except AssertionError:
-            if attempt:
-                raise
-            proc.stop()
+    # Fast DDS sometimes never matches a new participant (seen in 4 of ~20 runs of this test here)
+    proc = start_answering_node(
+        client, name, params, tmp_path, params_file=Path(__file__).resolve().parents[1] / "config" / "clipseg.yaml",
+        answering=lambda: cam_a.pub.get_subscription_count() and cam_b.pub.get_subscription_count())
     try:
         front = client.collect(Segmentation, f"/{name}/front_color/segmentation")
         left = client.collect(Segmentation, f"/{name}/left/segmentation")
@@ -305,9 +294,8 @@ def test_compressed_input_through_a_remap_as_the_launch_file_does(tiny_checkpoin
     # topic "image"; the node decided on the parameter ("image"), subscribed with Image, and the
     # CompressedImage stream never matched.
     name = "clipseg_remapped"
-    proc = NodeProcess(name, {"model": str(tiny_checkpoint), "prompts": ["cup"], "rate": 0.0}, tmp_path,
-                       remaps={"image": "/remap_cam/image_raw/compressed"})
-    proc.wait_ready()
+    proc = start_answering_node(client, name, {"model": str(tiny_checkpoint), "prompts": ["cup"], "rate": 0.0},
+                                tmp_path, remaps={"image": "/remap_cam/image_raw/compressed"})
     try:
         assert "/remap_cam/image_raw/compressed (compressed)" in proc.log()
         segs = client.collect(Segmentation, f"/{name}/segmentation")

@@ -15,7 +15,7 @@ from std_msgs.msg import String  # noqa: E402
 from clipseg_ros.conversions import cv2_to_imgmsg  # noqa: E402
 from clipseg_ros_interfaces.msg import Segmentation  # noqa: E402
 from clipseg_ros_interfaces.srv import SetPrompts  # noqa: E402
-from ros_helpers import CameraPublisher, NodeProcess, assert_clean_exit, make_image, wait_for  # noqa: E402
+from ros_helpers import CameraPublisher, assert_clean_exit, make_image, start_answering_node, wait_for  # noqa: E402
 from conftest import png_claiming  # noqa: E402
 
 NODE = "clipseg_rb"
@@ -24,11 +24,10 @@ RAW, JPEG = "/rb_raw/image", "/rb_jpeg/image/compressed"
 
 
 @pytest.fixture(scope="module")
-def node(tiny_checkpoint, tmp_path_factory, ros):
-    proc = NodeProcess(NODE, {"model": str(tiny_checkpoint), "prompts": PROMPTS, "rate": 0.0,
-                              "image_topics": [RAW, JPEG], "camera_names": ["raw", "jpeg"]},
-                       tmp_path_factory.mktemp("logs"))
-    proc.wait_ready()
+def node(tiny_checkpoint, tmp_path_factory, client):
+    proc = start_answering_node(client, NODE, {"model": str(tiny_checkpoint), "prompts": PROMPTS, "rate": 0.0,
+                                               "image_topics": [RAW, JPEG], "camera_names": ["raw", "jpeg"]},
+                                tmp_path_factory.mktemp("logs"))
     yield proc
     assert_clean_exit(proc, proc.stop())
 

@@ -23,7 +23,7 @@ from visualization_msgs.msg import Marker, MarkerArray  # noqa: E402
 from clipseg_ros.conversions import cv2_to_imgmsg  # noqa: E402
 from clipseg_ros.spatial_messages import cloud_points  # noqa: E402
 from clipseg_ros_interfaces.msg import Segmentation  # noqa: E402
-from ros_helpers import NodeProcess, assert_clean_exit, make_image, wait_for  # noqa: E402
+from ros_helpers import assert_clean_exit, make_image, start_answering_node, wait_for  # noqa: E402
 
 NODE = "clipseg_3d"
 SEQUENCE = itertools.count()  # stamps never repeat across tests: the node keeps recent depth images
@@ -33,13 +33,13 @@ COLOUR, DEPTH, INFO = "/rgbd/color/image_raw", "/rgbd/aligned_depth_to_color/ima
 
 
 @pytest.fixture(scope="module")
-def node(tiny_checkpoint, tmp_path_factory, ros):
-    proc = NodeProcess(NODE, {"model": str(tiny_checkpoint), "prompts": ["cup", "door handle"], "rate": 0.0,
-                              "image_topics": [COLOUR], "depth_topics": [DEPTH],
-                              "prompt_thresholds": ["cup=0", "door handle=1"], "publish_cloud": True,
-                              "cloud_stride": 4, "obstacle_prompts": ["cup"], "min_object_area": 0.0},
-                       tmp_path_factory.mktemp("logs"))
-    proc.wait_ready()
+def node(tiny_checkpoint, tmp_path_factory, client):
+    proc = start_answering_node(client, NODE, {"model": str(tiny_checkpoint), "prompts": ["cup", "door handle"],
+                                               "rate": 0.0, "image_topics": [COLOUR], "depth_topics": [DEPTH],
+                                               "prompt_thresholds": ["cup=0", "door handle=1"],
+                                               "publish_cloud": True, "cloud_stride": 4,
+                                               "obstacle_prompts": ["cup"], "min_object_area": 0.0},
+                                tmp_path_factory.mktemp("logs"))
     yield proc
     assert_clean_exit(proc, proc.stop())
 

@@ -17,7 +17,7 @@ from clipseg_ros.engine import SegmentationEngine  # noqa: E402
 from clipseg_ros.visual_prompts import Box, make_example  # noqa: E402
 from clipseg_ros_interfaces.msg import Segmentation  # noqa: E402
 from clipseg_ros_interfaces.srv import SetPrompts, SetThresholds, Teach  # noqa: E402
-from ros_helpers import CameraPublisher, NodeProcess, assert_clean_exit, make_image, wait_for  # noqa: E402
+from ros_helpers import CameraPublisher, NodeProcess, assert_clean_exit, make_image, start_answering_node, wait_for  # noqa: E402
 
 NODE = "clipseg_teach"
 FRONT, SIDE = "/teach_front/image_raw", "/teach_side/image_raw"
@@ -36,9 +36,8 @@ def store_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def node(tiny_checkpoint, tmp_path_factory, store_dir, ros):
-    proc = NodeProcess(NODE, params(tiny_checkpoint, store_dir), tmp_path_factory.mktemp("logs"))
-    proc.wait_ready()
+def node(tiny_checkpoint, tmp_path_factory, store_dir, client):
+    proc = start_answering_node(client, NODE, params(tiny_checkpoint, store_dir), tmp_path_factory.mktemp("logs"))
     yield proc
     if proc.proc.poll() is None:
         assert_clean_exit(proc, proc.stop())
