@@ -16,7 +16,6 @@ Prompts are embedded here (:meth:`embed_texts`, :meth:`embed_image`); which prom
 
 from __future__ import annotations
 
-import logging
 import os
 import re
 import threading
@@ -32,7 +31,7 @@ from clipseg_ros import postprocess
 from clipseg_ros.device import OUT_OF_MEMORY_ERRORS, release_cache, resolve_device, set_num_threads, synchronize
 from clipseg_ros.network import ClipSegNetwork
 from clipseg_ros.postprocess import SegmentationResult
-from clipseg_ros.precision import Precision, choose_precision
+from clipseg_ros.precision import Precision, choose_precision, quiet_torchao_import
 from clipseg_ros.preprocessing import PreprocessConfig, as_rgb_uint8, preprocess_batch
 from clipseg_ros.prompts import PromptError, PromptSet
 
@@ -124,12 +123,7 @@ class SegmentationEngine:
         ``num_threads``: torch CPU threads (0 = torch's default). Raises ModelLoadError with a
         message naming the model and how to point at a local copy.
         """
-        # transformers imports torchao when it is installed; torchao then warns that its CUDA-only
-        # kernels do not load on a CPU machine, and torch that torchao registers enums it no
-        # longer needs to: harmless, but three warnings in every node's start-up log.
-        for name in ("torchao", "torch.utils._pytree"):
-            if logging.getLogger(name).level == logging.NOTSET:
-                logging.getLogger(name).setLevel(logging.ERROR)
+        quiet_torchao_import()
         # Imported here so that importing this module does not pay for transformers' import.
         from transformers import AutoImageProcessor, AutoTokenizer, CLIPSegForImageSegmentation
         from transformers.utils import logging as hf_logging

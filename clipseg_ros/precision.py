@@ -20,6 +20,7 @@ CPU features come from ``/proc/cpuinfo`` (Linux), else from torch's own CPU prob
 from __future__ import annotations
 
 import importlib.util
+import logging
 import re
 from dataclasses import dataclass
 from functools import lru_cache
@@ -72,6 +73,16 @@ def cpu_features() -> CpuFeatures:
         except RuntimeError:
             pass
     return CpuFeatures("unknown", frozenset(found))
+
+
+def quiet_torchao_import() -> None:
+    """Call before importing transformers. transformers imports torchao when it is installed;
+    torchao then warns that its CUDA-only kernels do not load on a CPU machine, and torch that
+    torchao registers enums it no longer needs to: harmless, but three warnings in every start-up
+    log. Loggers someone already configured are left alone."""
+    for name in ("torchao", "torch.utils._pytree"):
+        if logging.getLogger(name).level == logging.NOTSET:
+            logging.getLogger(name).setLevel(logging.ERROR)
 
 
 def torchao_available() -> bool:

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import torch
 
+from clipseg_ros.precision import quiet_torchao_import
+
 UNTRAINED_MARKER = "clipseg_ros_untrained.json"
 
 
@@ -105,7 +107,11 @@ def make_random_checkpoint(directory: str | os.PathLike, *, size: str = "tiny", 
 
     Also writes ``clipseg_ros_untrained.json`` so tools can label outputs as meaningless.
     """
+    quiet_torchao_import()
     from transformers import CLIPSegForImageSegmentation, ViTImageProcessor
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # "Writing model shards" in a tool's output says nothing
 
     directory = Path(directory)
     configs = {"tiny": tiny_config, "rd64-refined": rd64_refined_config}
