@@ -19,8 +19,9 @@ setup(
     install_requires=["setuptools", "numpy", "pillow", "opencv-python-headless", "transformers>=4.46",
                       "safetensors"],
     # the labeller: rosbag2 in/out, COCO RLE, progress bar;
-    # int8 on CPUs with VNNI but no native bf16 (dtype auto/int8): pick the torchao matching your torch
-    extras_require={"label": ["rosbags", "pycocotools", "tqdm"], "int8": ["torchao"]},
+    # int8 on CPUs with VNNI (dtype auto/int8): onnxruntime runs the vision encoder's int8 graph,
+    # onnx quantises it (torchao, matching your torch, is the fallback without them)
+    extras_require={"label": ["rosbags", "pycocotools", "tqdm"], "int8": ["onnxruntime", "onnx"]},
     zip_safe=True,
     maintainer="clipseg_ros maintainers",
     maintainer_email="maintainers@clipseg-ros.invalid",

@@ -96,16 +96,22 @@ class SegmentationEngine:
     """
 
     def __init__(self, model, tokenizer, preprocess_cfg: PreprocessConfig, *,
-                 device: torch.device, precision: Precision):
-        self.network = ClipSegNetwork(model, device, precision)
+                 device: torch.device, precision: Precision, export_in_background: bool = False):
+        self.network = ClipSegNetwork(model, device, precision, vision_size=preprocess_cfg.size[0],
+                                      export_in_background=export_in_background)
         self.tokenizer = tokenizer
         self.preprocess_cfg = preprocess_cfg
         self.device = device
-        self.precision = precision
-        self.dtype = precision.encoders  # of the encoders, the embeddings and the pixel values
+        self.dtype = self.network.dtype  # of the encoders, the embeddings and the pixel values
         self._text_cache_lock = threading.Lock()
         self._text_cache: OrderedDict[str, torch.Tensor] = OrderedDict()
         self.oom_retries = 0  # batches that ran out of memory and were retried smaller
+
+    @property
+    def precision(self) -> Precision:
+        """The precision as it runs now (an int8 graph still being exported, or one that failed,
+        says so)."""
+        return self.network.precision
 
     @property
     def model(self) -> torch.nn.Module:
@@ -115,12 +121,15 @@ class SegmentationEngine:
     # ------------------------------------------------------------------ loading
     @classmethod
     def from_pretrained(cls, model: str = DEFAULT_MODEL, *, device: str = "auto", dtype: str = "auto",
-                        num_threads: int = 0, local_files_only: bool | None = None) -> "SegmentationEngine":
+                        num_threads: int = 0, local_files_only: bool | None = None,
+                        export_in_background: bool = False) -> "SegmentationEngine":
         """Load a CLIPSeg checkpoint from a hub id or a local directory (safetensors only).
 
         ``device``: auto|cpu|cuda|cuda:i. ``dtype``: auto|float32|bfloat16|float16|int8 (see
         :mod:`clipseg_ros.precision`: ``auto`` follows the device and the CPU's features).
-        ``num_threads``: torch CPU threads (0 = torch's default). Raises ModelLoadError with a
+        ``num_threads``: torch CPU threads (0 = torch's default). ``export_in_background``: see
+        :class:`~clipseg_ros.network.ClipSegNetwork` (int8 with onnxruntime, first use of a
+        model only). Raises ModelLoadError with a
         message naming the model and how to point at a local copy.
         """
         quiet_torchao_import()
@@ -163,7 +172,8 @@ class SegmentationEngine:
             raise ModelLoadError(f"cannot load CLIPSeg model from {where}: {first_line}. {hint}") from exc
         if getattr(net.config, "model_type", "") != "clipseg":
             raise ModelLoadError(f"model '{model}' is a '{net.config.model_type}' checkpoint, not CLIPSeg")
-        return cls(net, tokenizer, pre, device=torch_device, precision=precision)
+        return cls(net, tokenizer, pre, device=torch_device, precision=precision,
+                   export_in_background=export_in_background)
 
     # ------------------------------------------------------------------ prompt embeddings
     def embed_texts(self, texts: Sequence[str]) -> tuple[torch.Tensor, list[str]]:

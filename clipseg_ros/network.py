@@ -15,8 +15,11 @@ forward (``test/test_engine.py``). Differences between transformers 4.x and 5.x 
 
 from __future__ import annotations
 
+import copy
 import inspect
 import math
+import threading
+from dataclasses import replace
 from typing import Sequence
 
 import torch
@@ -43,23 +46,33 @@ def _pooled(features) -> torch.Tensor:
     return features if isinstance(features, torch.Tensor) else features.pooler_output
 
 
+def _name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def _without_onnx(precision: Precision, exc: Exception) -> Precision:
+    """``precision`` with the vision pass back in torch, saying why."""
+    first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    return replace(precision, vision_int8="", reason=f"{precision.reason}; but the onnxruntime export failed "
+                   f"({type(exc).__name__}: {first_line}): vision encoder in torch {_name(precision.encoders)}")
+
+
 class ClipSegNetwork:
     """A loaded ``CLIPSegForImageSegmentation`` (in eval mode, on its device), run part by part:
     one vision pass per frame, all prompts decoded in one batch. ``precision`` says in what
     dtype the encoders and the decoder run, and whether the vision encoder runs int8
     (:mod:`clipseg_ros.precision`); ``dtype`` is the encoders' (and the embeddings')."""
 
-    def __init__(self, model: torch.nn.Module, device: torch.device, precision: Precision):
+    def __init__(self, model: torch.nn.Module, device: torch.device, precision: Precision, *,
+                 vision_size: int = 352, cache_dir=None, export_in_background: bool = False):
+        """``vision_size``: the square pixel size the onnxruntime graph is exported for;
+        ``cache_dir``: where that graph is cached (:func:`clipseg_ros.onnx_vision.default_cache_dir`);
+        ``export_in_background``: on a cache miss, export on a thread while the vision pass runs
+        in torch (the node: first masks at once) instead of before returning (tools: the network
+        is what its precision says from the first frame)."""
         model = model.eval().to(device=device)
-        model.clip.to(dtype=precision.encoders)
-        model.decoder.to(dtype=precision.decoder)
-        if precision.int8_vision:
-            quantize_vision_int8(model.clip.vision_model.encoder)
         self.model = model
         self.device = device
-        self.precision = precision
-        self.dtype = precision.encoders
-        self.decoder_dtype = precision.decoder
         cfg = model.config
         self.extract_layers = list(cfg.extract_layers)
         # Layers after the last extracted one only feed the pooled output, which segmentation
@@ -68,6 +81,68 @@ class ClipSegNetwork:
         self.projection_dim = int(cfg.projection_dim)
         self.max_text_tokens = int(getattr(cfg.text_config, "max_position_embeddings", 77))
         self._pos_cache: dict[tuple[int, int], torch.Tensor] = {}
+        self.onnx_vision, self.onnx_vision_cached, self._export_thread = None, False, None
+        export = None
+        if precision.vision_int8 == "onnxruntime":
+            precision, export = self._load_onnx_vision(precision, vision_size, cache_dir)
+        model.clip.to(dtype=precision.encoders)
+        model.decoder.to(dtype=precision.decoder)
+        if precision.vision_int8 == "torchao":
+            quantize_vision_int8(model.clip.vision_model.encoder)
+        self.dtype = precision.encoders
+        self.decoder_dtype = precision.decoder
+        if export is None:
+            self.precision = precision
+        elif export_in_background:
+            self.precision = replace(precision, reason=f"{precision.reason}; exporting that graph (once per model, "
+                                     f"~6 s on 2 cores): the vision encoder runs in torch {_name(precision.encoders)} "
+                                     "until then")
+            # Not a daemon: a tool that ends during the export waits for it (a daemon thread inside
+            # onnxruntime at interpreter exit aborts the process). The node ends with os._exit.
+            self._export_thread = threading.Thread(target=self._export_onnx_vision, args=(precision, *export),
+                                                   name="onnx_vision_export")
+            self._export_thread.start()
+        else:
+            self._export_onnx_vision(precision, *export)
+
+    def _load_onnx_vision(self, precision: Precision, size: int, cache_dir) -> tuple[Precision, tuple | None]:
+        """The onnxruntime int8 vision pass from the cache. On a miss, what the export needs
+        (a float32 copy of the model, taken now: this one is about to change dtype). The
+        precision without it when neither can be had."""
+        from clipseg_ros.onnx_vision import graph_path, load_cached
+
+        if self.device.type != "cpu":
+            return replace(precision, vision_int8="", reason=f"{precision.reason}; onnxruntime int8 runs on CPUs "
+                           f"only: vision encoder in torch {_name(precision.encoders)}"), None
+        threads = torch.get_num_threads()
+        try:
+            path = graph_path(self.model.clip.vision_model, self.vision_depth, self.extract_layers, size, cache_dir)
+            self.onnx_vision = load_cached(path, threads)
+            if self.onnx_vision is not None:
+                self.onnx_vision_cached = True
+                return precision, None
+            return precision, (copy.deepcopy(self.model), path, size, threads)
+        except Exception as exc:  # noqa: BLE001 - no cache directory, no memory for the copy, ...
+            return _without_onnx(precision, exc), None
+
+    def _export_onnx_vision(self, precision: Precision, float32_model, path, size: int, threads: int) -> None:
+        """Export, quantise and load the graph; the vision pass switches to it from the next frame.
+        On any failure the vision pass stays in torch and the precision says why."""
+        from clipseg_ros.onnx_vision import OnnxVisionPass, export_int8
+
+        try:
+            exporter = ClipSegNetwork(float32_model, torch.device("cpu"), Precision("float32", torch.float32, torch.float32))
+            export_int8(exporter.model, exporter._encode_pixels_torch, size, path)
+            self.onnx_vision = OnnxVisionPass(path, threads)
+            self.precision = precision
+        except Exception as exc:  # noqa: BLE001 - any export failure: the vision pass stays in torch
+            self.precision = _without_onnx(precision, exc)
+
+    def wait_for_vision_graph(self, timeout: float | None = None) -> bool:
+        """Wait for a running onnxruntime export (benchmarks, tests); whether none is running."""
+        if self._export_thread is not None:
+            self._export_thread.join(timeout)
+        return self._export_thread is None or not self._export_thread.is_alive()
 
     @torch.inference_mode()
     def text_embeddings(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -102,8 +177,15 @@ class ClipSegNetwork:
         """Run the CLIP vision encoder up to the last extracted layer; (B, 3, H, W) in.
 
         Returns the hidden states after each of ``extract_layers`` (B, T, hidden), i.e. what the
-        stock model takes from ``hidden_states[i + 1]``.
+        stock model takes from ``hidden_states[i + 1]`` (float32 from onnxruntime's int8 pass,
+        else in the encoders' dtype).
         """
+        if self.onnx_vision is not None and pixel_values.shape[-2:] == (self.onnx_vision.size,) * 2:
+            return [a.to(self.device) for a in self.onnx_vision(pixel_values)]
+        return self._encode_pixels_torch(pixel_values)
+
+    @torch.inference_mode()
+    def _encode_pixels_torch(self, pixel_values: torch.Tensor) -> list[torch.Tensor]:
         vm = self.model.clip.vision_model
         emb = vm.embeddings
         h, w = pixel_values.shape[-2:]

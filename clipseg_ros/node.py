@@ -129,8 +129,9 @@ class ClipSegNode(LifecycleNode):
         s = self.settings
         try:
             device = self._select_device()
+            # first masks at once: a first int8 export (~6 s) runs beside them
             engine = SegmentationEngine.from_pretrained(s.model, device=device, dtype=s.dtype,
-                                                        num_threads=s.num_threads)
+                                                        num_threads=s.num_threads, export_in_background=True)
         except (ModelLoadError, ValueError) as exc:
             self._load_error = str(exc)
             self.get_logger().error(str(exc))

@@ -5,14 +5,21 @@ No ROS in here. :func:`choose_precision` turns the ``dtype`` setting into a :cla
 - ``auto`` on CUDA: float16 encoders, float32 decoder. The decoder's attention (4 heads x 16
   dims) breaks in float16 (the LiteRT port of CLIPSeg found it and kept it in float32); the
   encoders are fine in float16 and are nearly all the work.
-- ``auto`` on a CPU with native bf16 (``avx512_bf16`` or ``amx_bf16``): bfloat16 throughout.
-- ``auto`` on a CPU with int8 dot products (``avx512_vnni``, ``avx_vnni``, ``amx_int8``) but no
-  native bf16: int8 (torchao's dynamic int8 activations and weights on the vision encoder's
-  Linear layers; everything else float32). torch's own ``torch.ao.quantization.quantize_dynamic``
-  is deprecated in favour of torchao, so torchao it is; without torchao installed, float32.
+- ``auto`` on a CPU with int8 dot products (``avx512_vnni``, ``avx_vnni``, ``amx_int8``) and
+  onnxruntime installed: the vision encoder (nearly all the work) in onnxruntime's dynamic int8
+  (:mod:`clipseg_ros.onnx_vision`), the text encoder and the decoder in bfloat16 where the CPU
+  does bf16 natively, else float32. On a 2-core AVX-512 machine with both, that vision pass took
+  169 ms against 302 ms in bfloat16 (``benchmarks/probe_onnxruntime.py``).
+- ``auto`` on a CPU with native bf16 (``avx512_bf16`` or ``amx_bf16``), without onnxruntime:
+  bfloat16 throughout.
+- ``auto`` on a CPU with int8 dot products but neither onnxruntime nor native bf16: torchao's
+  dynamic int8 on the vision encoder's Linear layers, everything else float32 (torch's own
+  ``torch.ao.quantization.quantize_dynamic`` is deprecated in favour of torchao); without either
+  library, float32.
 - ``auto`` otherwise: float32. bf16 emulated on an AVX2-only CPU ran 6x *slower* than float32.
 - An explicit ``float32``, ``bfloat16``, ``float16`` or ``int8`` always wins (``float16`` keeps
-  the decoder in float32 everywhere: correct by construction).
+  the decoder in float32 everywhere: correct by construction; ``int8`` is the int8 vision
+  encoder, onnxruntime's where installed, else torchao's, with everything else in float32).
 
 CPU features come from ``/proc/cpuinfo`` (Linux), else from torch's own CPU probes.
 """
@@ -92,13 +99,14 @@ def torchao_available() -> bool:
 @dataclass(frozen=True)
 class Precision:
     """``encoders``: dtype of CLIP's text and vision encoders (weights and activations);
-    ``decoder``: of CLIPSeg's decoder; ``int8_vision``: the vision encoder's Linear layers run
-    torchao's dynamic int8; ``reason``: why this was picked (for the log and diagnostics)."""
+    ``decoder``: of CLIPSeg's decoder; ``vision_int8``: which runtime runs the vision pass in
+    dynamic int8 (``onnxruntime``: the whole pass, ``torchao``: its Linear layers; empty: none);
+    ``reason``: why this was picked (for the log and diagnostics)."""
 
     name: str
     encoders: torch.dtype
     decoder: torch.dtype
-    int8_vision: bool = False
+    vision_int8: str = ""
     reason: str = ""
 
     def describe(self) -> str:
@@ -114,11 +122,14 @@ def check_precision_name(dtype: str) -> str:
 
 
 def choose_precision(dtype: str, device: torch.device, cpu: CpuFeatures | None = None,
-                     has_torchao: bool | None = None) -> Precision:
+                     has_torchao: bool | None = None, has_onnxruntime: bool | None = None) -> Precision:
     """The :class:`Precision` for the ``dtype`` setting on ``device`` (see the module doc).
-    ValueError for an unknown name, and for ``int8`` without torchao."""
+    ValueError for an unknown name, and for ``int8`` with neither onnxruntime nor torchao."""
+    from clipseg_ros.onnx_vision import onnxruntime_available
+
     name = check_precision_name(dtype)
     has_torchao = torchao_available() if has_torchao is None else has_torchao
+    has_onnxruntime = onnxruntime_available() if has_onnxruntime is None else has_onnxruntime
     if name == "float32":
         return Precision("float32", torch.float32, torch.float32, reason="set")
     if name == "bfloat16":
@@ -126,23 +137,33 @@ def choose_precision(dtype: str, device: torch.device, cpu: CpuFeatures | None =
     if name == "float16":
         return Precision("float16", torch.float16, torch.float32, reason=f"set; {FP16_DECODER_NOTE}")
     if name == "int8":
+        if has_onnxruntime:
+            return Precision("int8", torch.float32, torch.float32, vision_int8="onnxruntime",
+                             reason="set; the vision encoder in dynamic int8 (onnxruntime), the rest float32")
         if not has_torchao:
-            raise ValueError("dtype int8 needs torchao (pip install torchao)")
-        return Precision("int8", torch.float32, torch.float32, int8_vision=True,
-                         reason="set; dynamic int8 on the vision encoder's Linear layers (torchao)")
+            raise ValueError("dtype int8 needs onnxruntime and onnx, or torchao (pip install onnxruntime onnx)")
+        return Precision("int8", torch.float32, torch.float32, vision_int8="torchao",
+                         reason="set; dynamic int8 on the vision encoder's Linear layers (torchao), the rest float32")
     if device.type == "cuda":
         return Precision("float16", torch.float16, torch.float32, reason=f"auto on CUDA; {FP16_DECODER_NOTE}")
     cpu = cpu_features() if cpu is None else cpu
+    if cpu.int8_dot and has_onnxruntime:
+        rest = torch.bfloat16 if cpu.native_bf16 else torch.float32
+        rest_note = (f"bfloat16 (native: {cpu.native_bf16})" if cpu.native_bf16 else "float32 (no native bf16)")
+        return Precision("int8", rest, rest, vision_int8="onnxruntime",
+                         reason=f"auto: this CPU has int8 dot products ({cpu.int8_dot}): the vision encoder in "
+                                f"dynamic int8 (onnxruntime), text encoder and decoder in {rest_note}")
     if cpu.native_bf16:
         return Precision("bfloat16", torch.bfloat16, torch.bfloat16,
                          reason=f"auto: this CPU does bf16 natively ({cpu.native_bf16})")
     if cpu.int8_dot:
         if has_torchao:
-            return Precision("int8", torch.float32, torch.float32, int8_vision=True,
+            return Precision("int8", torch.float32, torch.float32, vision_int8="torchao",
                              reason=f"auto: this CPU has int8 dot products ({cpu.int8_dot}) but no native bf16; "
                                     "dynamic int8 on the vision encoder's Linear layers (torchao)")
         return Precision("float32", torch.float32, torch.float32,
-                         reason=f"auto: int8 would suit this CPU ({cpu.int8_dot}) but torchao is not installed")
+                         reason=f"auto: int8 would suit this CPU ({cpu.int8_dot}) but neither onnxruntime nor "
+                                "torchao is installed")
     return Precision("float32", torch.float32, torch.float32,
                      reason="auto: this CPU has neither native bf16 nor int8 dot products (VNNI)")
 

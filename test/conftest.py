@@ -4,6 +4,7 @@ import os
 import random
 import struct
 import sys
+import tempfile
 import zlib
 
 import numpy as np
@@ -15,6 +16,8 @@ import pytest
 os.environ.setdefault("ROS_DOMAIN_ID", str(random.Random(os.getpid()).randint(1, 100)))
 os.environ.setdefault("FASTDDS_BUILTIN_TRANSPORTS", "LARGE_DATA")
 os.environ.setdefault("AMENT_PREFIX_PATH", sys.prefix)
+# int8 graphs exported by tests go to a folder of this run's own, not the user's cache.
+os.environ.setdefault("CLIPSEG_ROS_CACHE", tempfile.mkdtemp(prefix="clipseg_ros_test_cache_"))
 
 
 @pytest.fixture(scope="session")

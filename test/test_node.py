@@ -294,12 +294,13 @@ def test_compressed_input_through_a_remap_as_the_launch_file_does(tiny_checkpoin
     # topic "image"; the node decided on the parameter ("image"), subscribed with Image, and the
     # CompressedImage stream never matched.
     name = "clipseg_remapped"
+    cam = CameraPublisher(client, "/remap_cam/image_raw/compressed", h=30, w=40, compressed=True)
+    segs = client.collect(Segmentation, f"/{name}/segmentation")
     proc = start_answering_node(client, name, {"model": str(tiny_checkpoint), "prompts": ["cup"], "rate": 0.0},
-                                tmp_path, remaps={"image": "/remap_cam/image_raw/compressed"})
+                                tmp_path, remaps={"image": "/remap_cam/image_raw/compressed"},
+                                answering=lambda: cam.pub.get_subscription_count() > 0)
     try:
         assert "/remap_cam/image_raw/compressed (compressed)" in proc.log()
-        segs = client.collect(Segmentation, f"/{name}/segmentation")
-        cam = CameraPublisher(client, "/remap_cam/image_raw/compressed", h=30, w=40, compressed=True)
         out = cam.publish_until(segs, 1, timeout=40)[-1]
         assert list(out.prompts) == ["cup"] and (out.masks[0].height, out.masks[0].width) == (30, 40)
     finally:

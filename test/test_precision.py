@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from clipseg_ros import onnx_vision
 from clipseg_ros.agreement import GOAL, compare_results, measure_agreement
 from clipseg_ros.engine import SegmentationEngine
 from clipseg_ros.precision import CpuFeatures, choose_precision, cpu_features
@@ -21,19 +22,21 @@ ALDER_LAKE = CpuFeatures("Intel Core", frozenset({"avx2", "avx_vnni"}))
 HASWELL = CpuFeatures("Intel Xeon", frozenset({"avx", "avx2", "fma"}))
 
 
-@pytest.mark.parametrize("cpu, torchao, name, flag", [
-    (SAPPHIRE_RAPIDS, True, "bfloat16", "amx_bf16"),
-    (EPYC_GENOA, True, "bfloat16", "avx512_bf16"),
-    (CASCADE_LAKE, True, "int8", "avx512_vnni"),
-    (ALDER_LAKE, True, "int8", "avx_vnni"),
-    (CASCADE_LAKE, False, "float32", "torchao is not installed"),
-    (HASWELL, True, "float32", "neither native bf16 nor int8"),
+@pytest.mark.parametrize("cpu, onnxruntime, torchao, name, rest, vision_int8, flag", [
+    (SAPPHIRE_RAPIDS, True, True, "int8", torch.bfloat16, "onnxruntime", "amx_int8"),
+    (EPYC_GENOA, True, True, "int8", torch.bfloat16, "onnxruntime", "avx512_vnni"),
+    (CASCADE_LAKE, True, True, "int8", torch.float32, "onnxruntime", "float32 (no native bf16)"),
+    (ALDER_LAKE, True, False, "int8", torch.float32, "onnxruntime", "avx_vnni"),
+    (EPYC_GENOA, False, True, "bfloat16", torch.bfloat16, "", "avx512_bf16"),
+    (CASCADE_LAKE, False, True, "int8", torch.float32, "torchao", "avx512_vnni"),
+    (CASCADE_LAKE, False, False, "float32", torch.float32, "", "neither onnxruntime nor torchao"),
+    (HASWELL, True, True, "float32", torch.float32, "", "neither native bf16 nor int8"),
 ])
-def test_auto_follows_the_cpu(cpu, torchao, name, flag):
-    p = choose_precision("auto", CPU, cpu, has_torchao=torchao)
+def test_auto_follows_the_cpu(cpu, onnxruntime, torchao, name, rest, vision_int8, flag):
+    p = choose_precision("auto", CPU, cpu, has_torchao=torchao, has_onnxruntime=onnxruntime)
     assert p.name == name and flag in p.reason and p.reason.startswith("auto")
-    assert p.int8_vision == (name == "int8")
-    assert p.encoders == {"bfloat16": torch.bfloat16}.get(name, torch.float32) == p.decoder
+    assert p.vision_int8 == vision_int8
+    assert p.encoders == rest == p.decoder
 
 
 def test_auto_on_cuda_is_float16_encoders_with_a_float32_decoder():
@@ -45,11 +48,13 @@ def test_auto_on_cuda_is_float16_encoders_with_a_float32_decoder():
 def test_explicit_values_win():
     assert choose_precision("float32", CPU, SAPPHIRE_RAPIDS).encoders == torch.float32
     assert choose_precision(" BFloat16 ", CPU, HASWELL).encoders == torch.bfloat16
-    assert choose_precision("int8", CPU, HASWELL, has_torchao=True).int8_vision
+    int8 = choose_precision("int8", CPU, EPYC_GENOA, has_torchao=True, has_onnxruntime=True)
+    assert (int8.vision_int8, int8.encoders, int8.decoder) == ("onnxruntime", torch.float32, torch.float32)
+    assert choose_precision("int8", CPU, HASWELL, has_torchao=True, has_onnxruntime=False).vision_int8 == "torchao"
     fp16 = choose_precision("float16", CPU, HASWELL)
     assert (fp16.encoders, fp16.decoder) == (torch.float16, torch.float32)
-    with pytest.raises(ValueError, match="int8 needs torchao"):
-        choose_precision("int8", CPU, HASWELL, has_torchao=False)
+    with pytest.raises(ValueError, match="int8 needs onnxruntime and onnx, or torchao"):
+        choose_precision("int8", CPU, HASWELL, has_torchao=False, has_onnxruntime=False)
     with pytest.raises(ValueError, match="unknown dtype 'float8'"):
         choose_precision("float8", CPU, HASWELL)
 
@@ -62,8 +67,12 @@ def test_this_machines_cpu_is_read():
 
 @pytest.fixture(scope="module")
 def engines(tiny_checkpoint):
-    return {name: SegmentationEngine.from_pretrained(str(tiny_checkpoint), device="cpu", dtype=name)
-            for name in ("float32", "bfloat16", "float16", "int8")}
+    built = {name: SegmentationEngine.from_pretrained(str(tiny_checkpoint), device="cpu", dtype=name)
+             for name in ("float32", "bfloat16", "float16", "int8")}
+    with pytest.MonkeyPatch.context() as patch:  # a machine without onnxruntime: torchao's int8
+        patch.setattr(onnx_vision, "onnxruntime_available", lambda: False)
+        built["int8 torchao"] = SegmentationEngine.from_pretrained(str(tiny_checkpoint), device="cpu", dtype="int8")
+    return built
 
 
 def test_each_precision_builds_the_network_it_names(engines):
@@ -73,7 +82,11 @@ def test_each_precision_builds_the_network_it_names(engines):
     assert {p.dtype for p in fp16.clip.parameters()} == {torch.float16}
     assert {p.dtype for p in fp16.decoder.parameters()} == {torch.float32}
     assert {p.dtype for p in engines["bfloat16"].model.parameters()} == {torch.bfloat16}
-    int8 = engines["int8"].model
+    ort = engines["int8"]
+    assert ort.precision.vision_int8 == "onnxruntime" and ort.network.onnx_vision is not None
+    assert {p.dtype for p in ort.model.parameters()} == {torch.float32}  # the rest, and image prompts' encoder
+    int8 = engines["int8 torchao"].model
+    assert engines["int8 torchao"].precision.vision_int8 == "torchao"
     linears = [m for m in int8.clip.vision_model.encoder.modules() if isinstance(m, torch.nn.Linear)]
     assert linears and all(isinstance(m.weight, Int8Tensor) for m in linears)
     assert not any(isinstance(m.weight, Int8Tensor) for m in int8.decoder.modules() if isinstance(m, torch.nn.Linear))
@@ -87,7 +100,7 @@ def pictures(count=4, h=96, w=128):
     return [cv2.GaussianBlur(rng.integers(0, 256, (h, w, 3), dtype=np.uint8), (0, 0), 3) for _ in range(count)]
 
 
-@pytest.mark.parametrize("name", ["bfloat16", "float16", "int8"])
+@pytest.mark.parametrize("name", ["bfloat16", "float16", "int8", "int8 torchao"])
 def test_reduced_precisions_agree_with_float32(engines, name):
     agreement = measure_agreement(engines["float32"], engines[name], pictures(), ["cup", "door handle", "cat"])
     assert agreement.frames == 4 and agreement.prompts == 3
@@ -137,3 +150,69 @@ def test_agreement_script_runs_on_a_users_folder(tmp_path, tiny_checkpoint):
     assert [r["precision"].split()[0] for r in result["results"]] == ["bfloat16", "int8"]
     assert all(r["meets_goal"] and r["mask_agreement"] >= 0.99 for r in result["results"])
     assert "| bfloat16 |" in proc.stdout
+
+
+# ----------------------------------------------------------------------------- onnxruntime int8 graph
+def int8_engine(checkpoint, **kwargs):
+    return SegmentationEngine.from_pretrained(str(checkpoint), device="cpu", dtype="int8", **kwargs)
+
+
+def graph_files(cache) -> list:
+    return sorted((cache / "onnx").glob("vision_int8_*.onnx"))
+
+
+def test_the_int8_graph_is_exported_once_and_reused(tiny_checkpoint, tmp_path, monkeypatch):
+    monkeypatch.setenv("CLIPSEG_ROS_CACHE", str(tmp_path))
+    first = int8_engine(tiny_checkpoint)
+    assert not first.network.onnx_vision_cached and len(graph_files(tmp_path)) == 1
+    second = int8_engine(tiny_checkpoint)
+    assert second.network.onnx_vision_cached and second.network.onnx_vision.path == graph_files(tmp_path)[0]
+    image, prompts = pictures(1)[0], ["cup", "cat"]
+    a = first.segment(image, first.make_prompt_set(prompts))
+    b = second.segment(image, second.make_prompt_set(prompts))
+    assert np.array_equal(a.masks, b.masks)
+    assert not list((tmp_path / "onnx").glob(".export_*"))  # no temporary left behind
+
+
+def test_a_damaged_cached_graph_is_exported_again(tiny_checkpoint, tmp_path, monkeypatch):
+    monkeypatch.setenv("CLIPSEG_ROS_CACHE", str(tmp_path))
+    int8_engine(tiny_checkpoint)
+    path = graph_files(tmp_path)[0]
+    path.write_bytes(b"half a file")
+    again = int8_engine(tiny_checkpoint)
+    assert not again.network.onnx_vision_cached and again.precision.vision_int8 == "onnxruntime"
+    assert path.stat().st_size > 1000
+
+
+def test_a_background_export_runs_the_torch_pass_until_the_graph_is_ready(tiny_checkpoint, tmp_path, monkeypatch):
+    import threading
+
+    monkeypatch.setenv("CLIPSEG_ROS_CACHE", str(tmp_path))
+    release, real_export = threading.Event(), onnx_vision.export_int8
+
+    def held_export(*args):
+        assert release.wait(60)
+        real_export(*args)
+    monkeypatch.setattr(onnx_vision, "export_int8", held_export)
+    engine = int8_engine(tiny_checkpoint, export_in_background=True)
+    assert "exporting that graph" in engine.precision.reason and engine.network.onnx_vision is None
+    image, prompts = pictures(1)[0], engine.make_prompt_set(["cup"])
+    during = engine.segment(image, prompts)  # the torch pass, meanwhile
+    release.set()
+    assert engine.network.wait_for_vision_graph(60)
+    assert engine.network.onnx_vision is not None and "exporting" not in engine.precision.reason
+    after = engine.segment(image, prompts)
+    assert during.masks.shape == after.masks.shape
+    assert compare_results([during], [after]).mask_agreement >= GOAL
+
+
+def test_a_failed_export_leaves_the_vision_pass_in_torch_and_says_why(tiny_checkpoint, tmp_path, monkeypatch):
+    monkeypatch.setenv("CLIPSEG_ROS_CACHE", str(tmp_path))
+
+    def broken_export(*args):
+        raise RuntimeError("this exporter cannot\nsecond line")
+    monkeypatch.setattr(onnx_vision, "export_int8", broken_export)
+    engine = int8_engine(tiny_checkpoint)
+    assert engine.precision.vision_int8 == "" and engine.network.onnx_vision is None
+    assert "export failed (RuntimeError: this exporter cannot): vision encoder in torch float32" in engine.precision.reason
+    assert engine.segment(pictures(1)[0], engine.make_prompt_set(["cup"])).masks.shape == (1, 96, 128)
