@@ -102,6 +102,7 @@ class ClipSegNode(LifecycleNode):
         self.log = ThrottledLog(self.get_logger())
         self.prompt_interfaces = PromptInterfaces(self, self.prompts)
         self.engine: SegmentationEngine | None = None
+        self._logged_precision = None  # the precision last written to the log (it changes once an int8 export ends)
         self.cameras: list[Camera] = []
         self._slots = FrameSlots(len(self.settings.image_topics))
         self._worker = FrameWorker(self._slots, self._process, rate=lambda: self.settings.rate,
@@ -137,6 +138,7 @@ class ClipSegNode(LifecycleNode):
             self.get_logger().error(str(exc))
             return TransitionCallbackReturn.FAILURE
         self._load_error = ""
+        self._logged_precision = engine.precision
         self.get_logger().info(f"loaded '{s.model}' on {engine.device}, precision {engine.precision.describe()}")
         try:
             self.prompt_interfaces.attach(engine)
@@ -407,6 +409,9 @@ class ClipSegNode(LifecycleNode):
         now = time.monotonic()
         state = self._state_machine.current_state[1]  # unconfigured, inactive, active, finalized
         name, s, engine = self.get_name(), self.settings, self.engine
+        if engine is not None and engine.precision != self._logged_precision:  # a background int8 export ended
+            self._logged_precision = engine.precision
+            self.get_logger().info(f"precision now {engine.precision.describe()}")
         device = str(engine.device) if engine is not None else s.device
         prompts = list(self.prompts.state.names)
         if self._load_error:

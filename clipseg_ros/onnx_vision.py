@@ -2,7 +2,7 @@
 with dynamic int8 weights: the int8 path that is fastest on CPUs with int8 dot products.
 
 Why onnxruntime and not torchao for int8: on a 2-core AVX-512 VNNI machine the same pass took
-169 ms in onnxruntime's int8 against 295 ms with torchao's eager int8 and 302 ms in torch
+154 ms in onnxruntime's int8 against 297 ms with torchao's eager int8 and 271 ms in torch
 bfloat16 (``benchmarks/probe_onnxruntime.py``, one run). torchao's int8 needs torch.compile to be
 fast, and compiling costs ~20 s at start-up.
 

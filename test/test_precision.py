@@ -216,3 +216,25 @@ def test_a_failed_export_leaves_the_vision_pass_in_torch_and_says_why(tiny_check
     assert engine.precision.vision_int8 == "" and engine.network.onnx_vision is None
     assert "export failed (RuntimeError: this exporter cannot): vision encoder in torch float32" in engine.precision.reason
     assert engine.segment(pictures(1)[0], engine.make_prompt_set(["cup"])).masks.shape == (1, 96, 128)
+
+
+def test_the_node_segments_during_its_first_export_and_logs_the_switch(tiny_checkpoint, tmp_path, client):
+    from clipseg_ros_interfaces.msg import Segmentation
+    from ros_helpers import CameraPublisher, assert_clean_exit, start_answering_node, wait_for
+
+    name = "clipseg_int8_first_start"
+    cam = CameraPublisher(client, "/int8_cam/image")
+    segs = client.collect(Segmentation, f"/{name}/segmentation")
+    proc = start_answering_node(client, name, {"model": str(tiny_checkpoint), "dtype": "int8", "prompts": ["cup"],
+                                               "rate": 0.0, "image_topics": ["/int8_cam/image"]},
+                                tmp_path / "logs", env={"CLIPSEG_ROS_CACHE": str(tmp_path / "cache")},
+                                answering=lambda: cam.pub.get_subscription_count() > 0)
+    try:
+        assert "exporting that graph" in proc.log()
+        cam.publish_until(segs, 1)
+        wait_for(lambda: "precision now int8 (set; the vision encoder in dynamic int8 (onnxruntime)" in proc.log(),
+                 30, what="the node to log the switch to the int8 graph")
+        assert len(graph_files(tmp_path / "cache")) == 1
+        cam.publish_until(segs, 1)  # and segments on with it
+    finally:
+        assert_clean_exit(proc, proc.stop())
