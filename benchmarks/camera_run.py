@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import os
 import random
-import signal
 import subprocess
 import sys
 import tempfile
 import time
+
+from clipseg_ros.child_node import interrupt
 
 
 class NodeNeverAnswered(RuntimeError):
@@ -61,11 +62,7 @@ def play(pub, clock_node, messages, seconds: float, hz: float, start: int = 0) -
 def end_run(node: subprocess.Popen, spinner, camera_node, rclpy=None) -> None:
     """SIGINT the node process (kill it after 15 s), then close this side's node (and ROS, when
     ``rclpy`` is given)."""
-    node.send_signal(signal.SIGINT)
-    try:
-        node.wait(15)
-    except subprocess.TimeoutExpired:
-        node.kill()
+    interrupt(node, 15)
     spinner.stop()
     camera_node.destroy_node()
     if rclpy is not None:

@@ -21,7 +21,6 @@ Error: mean |difference| / mean |float32| of the last extracted layer's hidden s
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import tempfile
 import time
@@ -32,17 +31,12 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench_engine  # noqa: E402
 from results_file import cpu_name, write_results  # noqa: E402
 
 
 def median_ms(run, repeats: int) -> float:
-    run()  # warm-up: first-call allocations and kernel selection
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        run()
-        times.append((time.perf_counter() - t0) * 1e3)
-    return round(statistics.median(times), 1)
+    return round(bench_engine.median_ms(run, repeats), 1)  # one warm-up call, then the median
 
 
 def relative_error(out: np.ndarray, ref: np.ndarray) -> float:

@@ -46,12 +46,17 @@ class ChildNode:
         return self.proc.poll()
 
     def stop(self, timeout: float = 10.0) -> None:
-        """SIGINT (a clean shutdown), then kill after ``timeout`` s."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        interrupt(self.proc, timeout)
         self._reader.join(2.0)
+
+
+def interrupt(proc: subprocess.Popen, timeout: float = 10.0) -> int:
+    """SIGINT (the node's clean shutdown, as Ctrl-C), then kill after ``timeout`` s; the exit status."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return proc.returncode

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import os
 import re
-import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+
+from clipseg_ros.child_node import interrupt
 
 
 def wait_for(predicate, timeout: float, interval: float = 0.02, what: str = "condition"):
@@ -71,15 +72,9 @@ class NodeProcess:
             self._log.close()
 
     def stop(self, timeout: float = 10.0) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        status = interrupt(self.proc, timeout)
         self._log.close()
-        return self.proc.returncode
+        return status
 
 
 def start_answering_node(client, name: str, params: dict, log_dir: Path, answering=None, **kwargs) -> NodeProcess:
