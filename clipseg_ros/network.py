@@ -95,7 +95,7 @@ class ClipSegNetwork:
             self.precision = precision
         elif export_in_background:
             self.precision = replace(precision, reason=f"{precision.reason}; exporting that graph (once per model, "
-                                     f"~6 s on 2 cores): the vision encoder runs in torch {_name(precision.encoders)} "
+                                     f"~5 s on 2 cores): the vision encoder runs in torch {_name(precision.encoders)} "
                                      "until then")
             # Not a daemon: a tool that ends during the export waits for it (a daemon thread inside
             # onnxruntime at interpreter exit aborts the process). The node ends with os._exit.

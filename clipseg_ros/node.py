@@ -130,7 +130,7 @@ class ClipSegNode(LifecycleNode):
         s = self.settings
         try:
             device = self._select_device()
-            # first masks at once: a first int8 export (~6 s) runs beside them
+            # first masks at once: a first int8 export (~5 s) runs beside them
             engine = SegmentationEngine.from_pretrained(s.model, device=device, dtype=s.dtype,
                                                         num_threads=s.num_threads, export_in_background=True)
         except (ModelLoadError, ValueError) as exc:

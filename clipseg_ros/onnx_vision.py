@@ -3,14 +3,14 @@ with dynamic int8 weights: the int8 path that is fastest on CPUs with int8 dot p
 
 Why onnxruntime and not torchao for int8: on a 2-core AVX-512 VNNI machine the same pass took
 154 ms in onnxruntime's int8 against 297 ms with torchao's eager int8 and 271 ms in torch
-bfloat16 (``benchmarks/probe_onnxruntime.py``, one run). torchao's int8 needs torch.compile to be
-fast, and compiling costs ~20 s at start-up.
+bfloat16 (``benchmarks/probe_onnxruntime.py``, one run). torchao is built to run under
+torch.compile, and compiling the bfloat16 vision layers took 18.6 s here: too long for a start-up.
 
 The graph is exported once per model from :class:`~clipseg_ros.network.ClipSegNetwork`'s own
 float32 vision pass (so it is the same maths the tests check against transformers), quantised with
 ``onnxruntime.quantization.quantize_dynamic`` (int8 weights, activations quantised per call) and
 cached on disk under a key of the weights, the layers run, the input size and the library
-versions; a later start loads the cached file in ~0.3 s. Export and quantisation take ~6 s on 2
+versions; a later start loads the cached file (0.2-0.3 s). Export and quantisation take ~5 s on 2
 cores, so :class:`~clipseg_ros.network.ClipSegNetwork` does them on a thread of their own from a
 float32 copy of the model while the first frames run in torch. Files are written under a temporary
 name and renamed, so a crash never leaves a half file that a later start would load.
@@ -18,6 +18,7 @@ name and renamed, so a crash never leaves a half file that a later start would l
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import json
@@ -111,21 +112,19 @@ def export_int8(model: torch.nn.Module, encode: Callable[[torch.Tensor], list[to
         os.replace(int8_path, path)
 
 
-class _without_preprocessing_advice:
+@contextlib.contextmanager
+def _without_preprocessing_advice():
     """quantize_dynamic logs "Please consider to run pre-processing before quantization" on the
     root logger (shape inference for static quantisation; dynamic int8 does not need it): kept out
     of the node's log."""
-
-    class _Filter(logging.Filter):
-        def filter(self, record):
-            return "pre-processing before quantization" not in record.getMessage()
-
-    def __enter__(self):
-        self._filter = self._Filter()
-        logging.getLogger().addFilter(self._filter)
-
-    def __exit__(self, *exc):
-        logging.getLogger().removeFilter(self._filter)
+    def advice_dropped(record: logging.LogRecord) -> bool:
+        return "pre-processing before quantization" not in record.getMessage()
+    root = logging.getLogger()
+    root.addFilter(advice_dropped)
+    try:
+        yield
+    finally:
+        root.removeFilter(advice_dropped)
 
 
 class OnnxVisionPass:
