@@ -145,8 +145,12 @@ class OnnxVisionPass:
         self.size = int(self.session.get_inputs()[0].shape[-1])
 
     def __call__(self, pixel_values: torch.Tensor) -> list[torch.Tensor]:
-        pixels = np.ascontiguousarray(pixel_values.detach().to("cpu", torch.float32).numpy())
-        return [torch.from_numpy(out) for out in self.session.run(None, {"pixels": pixels})]
+        pixels = pixel_values.detach().to("cpu", torch.float32).numpy()
+        # One frame per run: dynamic int8 scales each activation by its whole tensor, so a batch
+        # would let one camera's frame change another's masks. On a CPU the vision pass fills
+        # the cores with one frame already, so nothing is lost.
+        per_frame = [self.session.run(None, {"pixels": np.ascontiguousarray(frame[None])}) for frame in pixels]
+        return [torch.from_numpy(np.concatenate(layer)) for layer in zip(*per_frame)]
 
 
 def graph_path(vision_model: torch.nn.Module, layers_run: int, extract_layers: Sequence[int], size: int,

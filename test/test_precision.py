@@ -238,3 +238,15 @@ def test_the_node_segments_during_its_first_export_and_logs_the_switch(tiny_chec
         cam.publish_until(segs, 1)  # and segments on with it
     finally:
         assert_clean_exit(proc, proc.stop())
+
+
+def test_the_int8_graph_takes_a_batch_of_cameras(engines):
+    """Two cameras in one vision pass give what each gives alone. Dynamic int8 scales activations
+    per tensor: run as one batch, the second frame changed the first one's masks by up to 7/255."""
+    engine = engines["int8"]
+    prompts = engine.make_prompt_set(["cup", "cat"])
+    first, second = pictures(2, h=60, w=80)
+    batch = engine.segment_batch([first, second], prompts)
+    for image, result in zip((first, second), batch):
+        alone = engine.segment(image, prompts)
+        assert np.array_equal(result.masks, alone.masks)
