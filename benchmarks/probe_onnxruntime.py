@@ -11,9 +11,11 @@ Not a backend of the node (yet): it answers whether one would pay. Needs ``onnxr
 
 What it times: ``ClipSegNetwork.encode_pixels`` (patch embedding, CLIP's vision layers up to the
 last of ``extract_layers``) on one 352x352 frame, median of the repeats, torch at its default
-threads, onnxruntime with the same number of intra-op threads. The ONNX graph is exported from
-that same method (torch's TorchScript exporter, opset 17, eager attention) and quantised with
-``onnxruntime.quantization.quantize_dynamic`` (int8 weights, activations quantised per call).
+threads, onnxruntime in the node's own session (``clipseg_ros.onnx_vision.OnnxVisionPass``: the
+same number of intra-op threads, no spinning). The ONNX graph is exported from that same method
+and quantised by the node's own ``export_float32`` and ``quantize_int8`` (torch's TorchScript
+exporter, opset 17, eager attention; ``quantize_dynamic``: int8 weights, activations quantised
+per call).
 The node's own int8 (torchao, eager) is timed beside them when torchao is installed.
 Error: mean |difference| / mean |float32| of the last extracted layer's hidden state.
 """
@@ -24,7 +26,6 @@ import argparse
 import sys
 import tempfile
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -49,12 +50,12 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=0, help="timed repeats (default 5, quick 2)")
     parser.add_argument("--json", help="write results to this path")
     args = parser.parse_args(argv)
-    try:
-        import onnxruntime as ort
-        from onnxruntime.quantization import QuantType, quantize_dynamic
-    except ImportError as exc:
-        print(f"probe_onnxruntime: needs onnxruntime and onnx (pip install onnxruntime onnx): {exc}")
+    from clipseg_ros.onnx_vision import OnnxVisionPass, export_float32, onnxruntime_available, quantize_int8
+
+    if not onnxruntime_available():
+        print("probe_onnxruntime: needs onnxruntime and onnx (pip install onnxruntime onnx)")
         return 2
+    import onnxruntime as ort
     from transformers import CLIPSegForImageSegmentation
 
     from clipseg_ros.network import ClipSegNetwork
@@ -83,40 +84,21 @@ def main(argv=None) -> int:
     if torchao_available():  # the node's dtype int8 today
         rows.append(torch_row("torch + torchao", "int8 dynamic", network(torch.float32, vision_int8="torchao")))
 
-    class VisionPass(torch.nn.Module):
-        def __init__(self, net: ClipSegNetwork):
-            super().__init__()
-            self.model = net.model  # registered, so the exporter sees the weights as parameters
-            self.net = net
-
-        def forward(self, px):
-            return tuple(self.net.encode_pixels(px))
-
-    for module in fp32.model.modules():  # SDPA does not export to opset 17; eager is the same maths
-        config = getattr(module, "config", None)
-        if config is not None and hasattr(config, "_attn_implementation"):
-            config._attn_implementation = "eager"
     with tempfile.TemporaryDirectory(prefix="clipseg_probe_onnx_") as tmp:
         fp32_path, int8_path = Path(tmp) / "vision.onnx", Path(tmp) / "vision_int8.onnx"
         t0 = time.perf_counter()
-        with warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(VisionPass(fp32), (pixels,), str(fp32_path), dynamo=False, opset_version=17,
-                              input_names=["pixels"])
+        export_float32(fp32.model, fp32.encode_pixels, size, fp32_path)
         export_s = time.perf_counter() - t0
         t0 = time.perf_counter()
-        quantize_dynamic(str(fp32_path), str(int8_path), weight_type=QuantType.QInt8)
+        quantize_int8(fp32_path, int8_path)
         quantize_s = time.perf_counter() - t0
-        feed = {"pixels": pixels.numpy()}
         for name, path in (("float32", fp32_path), ("int8 dynamic", int8_path)):
-            options = ort.SessionOptions()
-            options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
             t0 = time.perf_counter()
-            session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+            session = OnnxVisionPass(path, threads)  # the node's session options
             load_s = time.perf_counter() - t0
             rows.append({"runtime": "onnxruntime", "precision": name,
-                         "ms": median_ms(lambda: session.run(None, feed), repeats),
-                         "relative_error": relative_error(session.run(None, feed)[-1], reference),
+                         "ms": median_ms(lambda: session(pixels), repeats),
+                         "relative_error": relative_error(session(pixels)[-1].numpy(), reference),
                          "session_load_s": round(load_s, 2)})
     base = rows[0]["ms"]
     bf16_ms = rows[1]["ms"]

@@ -145,11 +145,7 @@ def main(argv=None) -> int:
     env.setdefault("ROS_DOMAIN_ID", str(random.randint(1, 101)))  # off a robot's default 0; 102+ meet ephemeral ports
     env.setdefault("FASTDDS_BUILTIN_TRANSPORTS", "LARGE_DATA")  # large images between processes
     os.environ.update({k: env[k] for k in ("ROS_DOMAIN_ID", "FASTDDS_BUILTIN_TRANSPORTS")})
-    node_cmd = [sys.executable, "-m", "clipseg_ros", "--ros-args", "-r", "__node:=clipseg",
-                "-p", f"model:={model}", "-p", f"device:={args.device}",
-                "-p", "prompts:=[" + ", ".join(json.dumps(p) for p in prompts) + "]",
-                "-p", "image_topics:=[/demo/image]", "-p", f"rate:={float(args.node_rate)}",
-                "-p", f"threshold:={float(args.threshold)}"]
+    node_cmd = node_command(model, prompts, device=args.device, rate=args.node_rate, threshold=args.threshold)
     print(f"demo: {len(frames)} images, prompts {prompts}, model {model}"
           + (f" ({UNTRAINED_NOTE})" if untrained else ""), flush=True)
     records = play(frames, output, args, lambda: ChildNode(node_cmd, env))
@@ -161,6 +157,15 @@ def main(argv=None) -> int:
     print_table(records, prompts, untrained)
     print(f"demo: wrote {len(records)} frames to {output}/ (overlay, label, masks, confidences.json)")
     return 0 if len(records) == len(frames) else 1
+
+
+def node_command(model: str, prompts: list[str], *, device: str = "auto", rate: float = 5.0,
+                 threshold: float = 0.4) -> list[str]:
+    """``python -m clipseg_ros`` named ``clipseg``, on the demo's camera topic."""
+    return [sys.executable, "-m", "clipseg_ros", "--ros-args", "-r", "__node:=clipseg",
+            "-p", f"model:={model}", "-p", f"device:={device}",
+            "-p", "prompts:=[" + ", ".join(json.dumps(p) for p in prompts) + "]",
+            "-p", "image_topics:=[/demo/image]", "-p", f"rate:={float(rate)}", "-p", f"threshold:={float(threshold)}"]
 
 
 def play(frames, output: Path, args, start_node) -> list[dict]:

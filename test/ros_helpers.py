@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from clipseg_ros.child_node import interrupt
+from clipseg_ros.child_node import READY_TEXT, interrupt
 
 
 def wait_for(predicate, timeout: float, interval: float = 0.02, what: str = "condition"):
@@ -30,7 +30,7 @@ class NodeProcess:
     """``python -m clipseg_ros`` (the node process) in a subprocess, with its log kept for assertions."""
 
     def __init__(self, name: str, params: dict, log_dir: Path, remaps: dict | None = None,
-                 params_file: str | None = None, env: dict | None = None, ready_text: str = "segmenting"):
+                 params_file: str | None = None, env: dict | None = None, ready_text: str = READY_TEXT):
         self.name = name
         self.ready_text = ready_text
         self.log_path = Path(log_dir) / f"{name}.log"

@@ -54,8 +54,7 @@ def player_setup(tmp_path, tiny_checkpoint, monkeypatch):
     monkeypatch.setenv("ROS_DOMAIN_ID", own_domain())
     monkeypatch.setattr(demo, "ANSWER_TIMEOUT_S", 3.0)
     env = dict(os.environ)
-    real = [sys.executable, "-m", "clipseg_ros", "--ros-args", "-r", "__node:=clipseg", "-p", f"model:={tiny_checkpoint}",
-            "-p", "dtype:=float32", "-p", "prompts:=['cup']", "-p", "image_topics:=[/demo/image]"]
+    real = demo.node_command(str(tiny_checkpoint), ["cup"])
     frames = [("grey", np.full((40, 60, 3), 128, np.uint8))]
     args = SimpleNamespace(timeout=90.0, camera_hz=10.0)
     return env, real, frames, args
