@@ -2,7 +2,7 @@
 with dynamic int8 weights: the int8 path that is fastest on CPUs with int8 dot products.
 
 Why onnxruntime and not torchao for int8: on a 2-core AVX-512 VNNI machine the same pass took
-154 ms in onnxruntime's int8 against 297 ms with torchao's eager int8 and 271 ms in torch
+157 ms in onnxruntime's int8 against 257 ms with torchao's eager int8 and 262 ms in torch
 bfloat16 (``benchmarks/probe_onnxruntime.py``, one run). torchao is built to run under
 torch.compile, and compiling the bfloat16 vision layers took 18.6 s here: too long for a start-up.
 

@@ -9,7 +9,7 @@ No ROS in here. :func:`choose_precision` turns the ``dtype`` setting into a :cla
   onnxruntime installed: the vision encoder (nearly all the work) in onnxruntime's dynamic int8
   (:mod:`clipseg_ros.onnx_vision`), the text encoder and the decoder in bfloat16 where the CPU
   does bf16 natively, else float32. On a 2-core AVX-512 machine with both, that vision pass took
-  154 ms against 271 ms in bfloat16 (``benchmarks/probe_onnxruntime.py``).
+  157 ms against 262 ms in bfloat16 (``benchmarks/probe_onnxruntime.py``).
 - ``auto`` on a CPU with native bf16 (``avx512_bf16`` or ``amx_bf16``), without onnxruntime:
   bfloat16 throughout.
 - ``auto`` on a CPU with int8 dot products but neither onnxruntime nor native bf16: torchao's
