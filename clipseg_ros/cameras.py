@@ -70,11 +70,13 @@ def camera_specs(topics: Sequence[str], names: Sequence[str] = (),
 
 @dataclass(frozen=True)
 class Frame:
-    """A camera's message as received (monotonic ``received_at``), not yet decoded."""
+    """A camera's message as received (monotonic ``received_at``; ``sequence``: its place among
+    the camera's frames, counted on arrival), not yet decoded."""
 
     camera: int
     message: object
     received_at: float
+    sequence: int = 0
 
 
 class FrameSlots:
@@ -191,17 +193,22 @@ class FrameWorker:
         self._thread = threading.Thread(target=self._run, args=(self._stop,), name=self._name, daemon=True)
         self._thread.start()
 
+    def request_stop(self) -> None:
+        """Tell the thread to stop after the frame in flight (returns at once); pending frames
+        are dropped."""
+        self._stop.set()
+        self._slots.clear()
+
     def stop(self, timeout: float) -> bool:
         """Ask the thread to stop (a frame in flight finishes) and wait up to ``timeout`` s;
         whether it has stopped. Pending frames are dropped."""
-        self._stop.set()
-        self._slots.clear()
+        self.request_stop()
         thread = self._thread
         if thread is None:
             return True
         if thread is threading.current_thread():  # stopping from inside process(): ends after it
             return False
-        thread.join(timeout=timeout)
+        thread.join(timeout=max(0.0, timeout))
         if thread.is_alive():
             return False
         self._thread = None

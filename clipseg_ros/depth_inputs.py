@@ -22,28 +22,56 @@ def stamp_seconds(stamp) -> float:
     return stamp.sec + stamp.nanosec * 1e-9
 
 
-def camera_info_topic(depth_topic: str) -> str:
-    """The CameraInfo beside a depth image topic: '/cam/aligned_depth_to_color/image_raw' ->
-    '/cam/aligned_depth_to_color/camera_info' (the image_transport convention)."""
-    head, _, _ = depth_topic.rstrip("/").rpartition("/")
+# image_transport's transport suffixes: '/cam/color/image_raw/compressed' is the stream '/cam/color/image_raw'.
+TRANSPORT_SUFFIXES = ("/compressed", "/compressedDepth", "/theora", "/zstd")
+
+
+def camera_info_topic(image_topic: str) -> str:
+    """The CameraInfo beside an image topic: '/cam/aligned_depth_to_color/image_raw' ->
+    '/cam/aligned_depth_to_color/camera_info', '/cam/color/image_raw/compressed' ->
+    '/cam/color/camera_info' (the image_transport convention)."""
+    topic = image_topic.rstrip("/")
+    for suffix in TRANSPORT_SUFFIXES:
+        if topic.endswith(suffix):
+            topic = topic[:-len(suffix)]
+            break
+    head, _, _ = topic.rpartition("/")
     return f"{head}/camera_info" if head else "camera_info"
 
 
-class DepthInput:
-    """Subscriptions to one camera's depth image and CameraInfo; the last ``keep`` depth images."""
+def camera_of(info: CameraInfo, mode: str = "auto") -> PinholeCamera:
+    """The camera a CameraInfo describes (see :meth:`PinholeCamera.from_camera_info` for ``mode``)."""
+    return PinholeCamera.from_camera_info(info.k, info.d, info.p, info.distortion_model, info.width, info.height, mode)
 
-    def __init__(self, node, depth_topic: str, info_topic: str, qos, keep: int = 30):
-        self.depth_topic, self.info_topic = depth_topic, info_topic
+
+class DepthInput:
+    """Subscriptions to one camera's depth image, its CameraInfo and the colour image's
+    CameraInfo (to check that depth is registered to colour); the last ``keep`` depth images.
+    ``camera_model``: whether the depth image is rectified (auto | rectified | raw)."""
+
+    def __init__(self, node, depth_topic: str, info_topic: str, qos, colour_info_topic: str,
+                 camera_model: str = "auto", keep: int = 30):
+        self.depth_topic, self.info_topic, self.colour_info_topic = depth_topic, info_topic, colour_info_topic
+        self.camera_model = camera_model
         self._frames: deque = deque(maxlen=keep)  # (stamp in s, Image), appended by the executor
         self.info: CameraInfo | None = None
+        self.colour_info: CameraInfo | None = None
         self._subscriptions = [node.create_subscription(Image, depth_topic, self._on_depth, qos),
                                node.create_subscription(CameraInfo, info_topic, self._on_info, qos)]
+        if colour_info_topic != info_topic:
+            self._subscriptions.append(node.create_subscription(CameraInfo, colour_info_topic, self._on_colour_info,
+                                                                qos))
 
     def _on_depth(self, msg: Image) -> None:
         self._frames.append((stamp_seconds(msg.header.stamp), msg))
 
     def _on_info(self, msg: CameraInfo) -> None:
         self.info = msg
+        if self.colour_info_topic == self.info_topic:
+            self.colour_info = msg
+
+    def _on_colour_info(self, msg: CameraInfo) -> None:
+        self.colour_info = msg
 
     def destroy(self, node) -> None:
         for sub in self._subscriptions:
@@ -73,8 +101,16 @@ class DepthInput:
         if (info.width, info.height) != (msg.width, msg.height):
             raise DepthError(f"CameraInfo on {self.info_topic} is for {info.width}x{info.height} but the depth "
                              f"image is {msg.width}x{msg.height}")
-        camera = PinholeCamera.from_k(info.k, info.width, info.height)
-        check_same_view(colour_size, (msg.height, msg.width))
+        colour = self.colour_info
+        if colour is None:
+            raise DepthError(f"no CameraInfo on {self.colour_info_topic} yet: it shows whether the depth image is "
+                             "registered to the colour image")
+        if (colour.height, colour.width) != tuple(colour_size):
+            raise DepthError(f"CameraInfo on {self.colour_info_topic} is for {colour.width}x{colour.height} but the "
+                             f"colour image is {colour_size[1]}x{colour_size[0]}")
+        check_same_view(PinholeCamera.from_k(colour.k, colour.width, colour.height),
+                        PinholeCamera.from_k(info.k, info.width, info.height))
+        camera = camera_of(info, self.camera_model)
         try:
             raw = imgmsg_to_numpy(msg)
         except ImageConversionError as exc:

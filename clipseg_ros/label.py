@@ -26,9 +26,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-import cv2
 import numpy as np
 
+from clipseg_ros.grids import resample_nearest
 from clipseg_ros.label_outputs import (DISK_FULL, DiskFull, FrameFiles, OutputConflict, OutputFolder, RunConfig,
                                        label_dtype, pixels_digest)
 from clipseg_ros.label_sources import LabelInputError, Selection, SourceFrame, open_source
@@ -69,7 +69,7 @@ def frame_outputs(result, options: LabelOptions) -> tuple[np.ndarray, list[dict]
             continue
         components = found.components
         if components.shape != (h, w):
-            components = cv2.resize(components, (w, h), interpolation=cv2.INTER_NEAREST)
+            components = resample_nearest(components, (h, w))
         # transposed once, so that each object's mask comes out in the column order COCO RLE reads
         components_t = np.ascontiguousarray(components.T)
         inside_t = np.ascontiguousarray((result.masks[k] >= mask_level(thresholds[k])).T)

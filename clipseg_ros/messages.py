@@ -19,7 +19,8 @@ from clipseg_ros.conversions import cv2_to_imgmsg
 from clipseg_ros.overlay import render_overlay
 from clipseg_ros.postprocess import PromptStats, SegmentationResult
 from clipseg_ros.scene import Scene
-from clipseg_ros.spatial_messages import best_position_msg, cloud_msg, depth_header, marker_array, object_msgs
+from clipseg_ros.spatial_messages import (best_position_msg, cloud_msg, depth_header, marker_array, object_msgs,
+                                         xyz_cloud_msg)
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,7 @@ class OutputOptions:
     overlay_alpha: float = 0.5
     markers: bool = True
     positions: bool = True
+    marker_lifetime: float = 3.0  # s
 
 
 @dataclass
@@ -44,9 +46,11 @@ class OutputMessages:
     overlay: Image | None
     # 3D, only with a paired depth image: markers, each prompt's best position, the clouds
     markers: MarkerArray | None = None
-    positions: dict = field(default_factory=dict)  # prompt -> PointStamped
+    positions: dict = field(default_factory=dict)  # prompt -> PointStamped (NaN: no 3D object this frame)
     cloud: PointCloud2 | None = None
     obstacle_cloud: PointCloud2 | None = None
+    clearing_cloud: PointCloud2 | None = None
+    prompts: tuple[str, ...] = ()  # the frame's prompts (which position topics are current)
 
 
 def build_outputs(result: SegmentationResult, image_rgb: np.ndarray, header,
@@ -62,23 +66,27 @@ def build_outputs(result: SegmentationResult, image_rgb: np.ndarray, header,
     segmentation = segmentation_msg(result, header, include_masks=options.include_masks, label=label)
     confidences = confidences_msg(result, header)
     out = OutputMessages(segmentation=segmentation, confidences=confidences,
-                         label=label if options.label else None, overlay=overlay)
+                         label=label if options.label else None, overlay=overlay, prompts=tuple(result.prompts))
     if scene is None:
         return out
     objects, where = object_msgs(scene), depth_header(scene)
     for msg in (segmentation, confidences):
         msg.objects, msg.depth_header = objects, where
-    if scene.depth is None:
-        return out
+    # 3D outputs go out for every frame, also one without usable depth: its markers only clear the
+    # last ones, its positions are NaN (stamped like the colour image), so nothing stale stays.
+    where_3d = where if scene.depth is not None else header
     if options.markers:
-        out.markers = marker_array(scene, list(result.prompts), where)
+        out.markers = marker_array(scene if scene.depth is not None else None, list(result.prompts), where_3d,
+                                   options.marker_lifetime)
     if options.positions:
-        out.positions = {result.prompts[k]: best_position_msg(best, where)
-                         for k in range(len(result.prompts)) if (best := scene.best(k)) is not None}
+        out.positions = {result.prompts[k]: best_position_msg(scene.best(k) if scene.depth is not None else None,
+                                                              where_3d) for k in range(len(result.prompts))}
     if scene.cloud is not None:
         out.cloud = cloud_msg(scene.cloud, where)
     if scene.obstacle_cloud is not None:
         out.obstacle_cloud = cloud_msg(scene.obstacle_cloud, where, xyz_only=True)
+    if scene.clearing_cloud is not None:
+        out.clearing_cloud = xyz_cloud_msg(scene.clearing_cloud, where)
     return out
 
 

@@ -19,9 +19,12 @@ second, lower-priority one carries masks to the frames in between.
 from __future__ import annotations
 
 import gc
+import itertools
 import sys
 import time
 from dataclasses import dataclass
+
+import cv2
 
 from diagnostic_msgs.msg import DiagnosticArray
 from rcl_interfaces.msg import SetParametersResult
@@ -29,6 +32,7 @@ from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackRet
 from rclpy.parameter import Parameter
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data, qos_profile_system_default
 from sensor_msgs.msg import CompressedImage, Image
+from std_msgs.msg import Header
 
 from clipseg_ros import diagnostics
 from clipseg_ros.cameras import CameraSpec, Frame, FrameSlots, FrameWorker, camera_specs
@@ -49,6 +53,9 @@ from clipseg_ros.temporal import CameraTimeline, propagation_rate
 from clipseg_ros.throttled_log import ThrottledLog, problem_kind
 
 PROPAGATION_SWITCH_INTERVAL_S = 0.0005
+# Ctrl-C: every thread is told to stop at once, then all are waited for this long together, well
+# inside the process's teardown deadline (process.TEARDOWN_DEADLINE_S, 1.2 s) beside DDS teardown.
+SHUTDOWN_JOIN_S = 0.6
 
 
 def input_qos(name: str) -> QoSProfile:
@@ -69,6 +76,9 @@ class Camera:
     timeline: CameraTimeline  # the last model frame, smoothing, tracks
     latest: object = None  # the newest frame that passed the arrival checks (for ~/teach)
     depth: DepthInput | None = None  # subscribed while active, when the camera has a depth topic
+    received: int = 0  # frames that passed the arrival checks (their sequence numbers)
+    published: int = -1  # sequence number of the newest frame published: outputs never go back
+    inferring: int = -1  # sequence number of the newest frame the model took: propagation leaves it to the model
 
 
 class ClipSegNode(LifecycleNode):
@@ -108,11 +118,10 @@ class ClipSegNode(LifecycleNode):
         self._worker = FrameWorker(self._slots, self._process, rate=lambda: self.settings.rate,
                                    on_error=self._on_worker_error)
         # Propagation: its own newest-frame slots and thread, niced so that the model's threads
-        # get the CPU first (propagation uses spare time only). torch releases the GIL during
-        # each op and takes it back after; with a second busy Python thread the model thread then
-        # waits up to the switch interval (5 ms) per op, so it is shortened.
-        if self.settings.propagate:
-            sys.setswitchinterval(PROPAGATION_SWITCH_INTERVAL_S)
+        # get the CPU first (propagation uses spare time only; see on_activate).
+        self._switch_interval: float | None = None  # the process's own, while propagation has changed it
+        self._opencv_threads: int | None = None
+        self._track_ids = itertools.count(1)  # one source for every camera and configure: ids never repeat
         self._propagation_slots = FrameSlots(len(self.settings.image_topics))
         self._propagation_worker = FrameWorker(self._propagation_slots, self._propagate,
                                                rate=self._propagation_rate,
@@ -149,18 +158,24 @@ class ClipSegNode(LifecycleNode):
         specs = camera_specs(s.image_topics, s.camera_names, resolve=self.resolve_topic_name)
         self.cameras = [Camera(spec, diagnostics.StreamStats(spec.resolved_topic, time.monotonic()),
                                OutputPublishers(self, spec.prefix, spatial=s.depth_topic_of(spec.index) is not None),
-                               CameraTimeline(s.temporal_options))
+                               CameraTimeline(s.temporal_options, self._track_ids))
                         for spec in specs]
         self.prompt_interfaces.start()
         return TransitionCallbackReturn.SUCCESS
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        for cam in self.cameras:  # nothing is carried from before a deactivation
+            cam.timeline.reset()
+            cam.latest, cam.published, cam.inferring = None, -1, -1
+        if self.settings.propagate:
+            self._begin_propagation()
         try:
             self._worker.start()
             if self.settings.propagate:
                 self._propagation_worker.start()
         except RuntimeError as exc:
             self.get_logger().error(f"cannot activate: {exc}")
+            self._end_propagation()
             return TransitionCallbackReturn.FAILURE
         self._gate.reopen()
         qos = input_qos(self.settings.input_qos)
@@ -169,9 +184,11 @@ class ClipSegNode(LifecycleNode):
             msg_type = CompressedImage if cam.spec.compressed else Image
             self._camera_subscriptions.append(self.create_subscription(
                 msg_type, cam.spec.resolved_topic, lambda m, c=cam: self._on_image(c, m), qos))
-            topics = self.settings.depth_topic_of(cam.spec.index)
+            topics = self.settings.depth_topic_of(cam.spec.index, cam.spec.resolved_topic)
             if topics is not None:
-                cam.depth = DepthInput(self, *topics, qos)
+                depth_topic, info_topic, colour_info_topic = topics
+                cam.depth = DepthInput(self, depth_topic, info_topic, qos, colour_info_topic,
+                                       self.settings.depth_camera_model)
             cam.stats.since = now
         cams = ", ".join(f"{c.spec.resolved_topic}{' (compressed)' if c.spec.compressed else ''}"
                          f"{f' + depth {c.depth.depth_topic}' if c.depth is not None else ''} -> "
@@ -181,7 +198,7 @@ class ClipSegNode(LifecycleNode):
         return TransitionCallbackReturn.SUCCESS
 
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self._stop_work(join_timeout=30.0)
+        self._stop_work(join_timeout=30.0, clear_markers=True)
         if self.engine is not None:
             self.engine.release_cache()
         self.get_logger().info("deactivated: cameras unsubscribed, inference stopped")
@@ -193,8 +210,8 @@ class ClipSegNode(LifecycleNode):
         return TransitionCallbackReturn.SUCCESS
 
     def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self._stop_work(join_timeout=0.5)
-        self._release_engine(join_timeout=0.2)
+        self._stop_work(join_timeout=SHUTDOWN_JOIN_S, stop_helper=True)
+        self._release_engine(join_timeout=0.0)  # the helper thread was stopped with the others
         return TransitionCallbackReturn.SUCCESS
 
     def on_error(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -203,9 +220,12 @@ class ClipSegNode(LifecycleNode):
         self._release_engine()
         return TransitionCallbackReturn.SUCCESS
 
-    def _stop_work(self, join_timeout: float) -> None:
-        """Unsubscribe the cameras, stop the inference thread (the frame in flight finishes if it
-        can within ``join_timeout``), then stop publishing."""
+    def _stop_work(self, join_timeout: float, clear_markers: bool = False, stop_helper: bool = False) -> None:
+        """Unsubscribe the cameras, stop the worker threads (a frame in flight finishes if it
+        can within ``join_timeout``, for all threads together: each is told first, then all are
+        waited for), then stop publishing (after removing the cameras' markers from RViz when
+        ``clear_markers``). ``stop_helper``: the prompt interfaces' thread is told too."""
+        deadline = time.monotonic() + join_timeout
         for sub in self._camera_subscriptions:
             self.destroy_subscription(sub)
         self._camera_subscriptions = []
@@ -213,12 +233,47 @@ class ClipSegNode(LifecycleNode):
             if cam.depth is not None:
                 cam.depth.destroy(self)
                 cam.depth = None
-        if self._worker is not None and not self._worker.stop(join_timeout):
+        workers = [w for w in (self._worker, self._propagation_worker) if w is not None]
+        for worker in workers:
+            worker.request_stop()
+        if stop_helper:
+            self.prompt_interfaces.request_stop()
+        if workers and not self._worker.stop(deadline - time.monotonic()):
             self.get_logger().warning(f"inference is still finishing a frame after {join_timeout:g} s: its result "
                                       "will not be published, and the next activate waits for it")
         if self._propagation_worker is not None:
-            self._propagation_worker.stop(join_timeout)
+            self._propagation_worker.stop(deadline - time.monotonic())
+        if stop_helper:
+            self.prompt_interfaces.stop(deadline - time.monotonic())
+        self._end_propagation()
+        if clear_markers:
+            stamp = self.get_clock().now().to_msg()
+            for cam in self.cameras:
+                self._gate.run(lambda c=cam: c.publishers.clear_markers(Header(stamp=stamp)))
         self._gate.close()
+
+    def _begin_propagation(self) -> None:
+        """While propagation runs: torch releases the GIL during each op and takes it back after;
+        with a second busy Python thread the model thread then waits up to the switch interval
+        (5 ms) per op, so it is shortened. OpenCV runs on the calling thread only, so that the
+        propagation thread's nice and its CPU budget (measured with ``time.thread_time``) cover
+        all of its work: OpenCV's pool threads take the nice of whoever first used them and are
+        not counted in the thread's time (they did about half of it)."""
+        if self._switch_interval is None:
+            self._switch_interval = sys.getswitchinterval()
+            sys.setswitchinterval(PROPAGATION_SWITCH_INTERVAL_S)
+        if self._opencv_threads is None:
+            self._opencv_threads = cv2.getNumThreads()
+            cv2.setNumThreads(1)
+
+    def _end_propagation(self) -> None:
+        """The process's own switch interval and OpenCV threads again."""
+        if self._switch_interval is not None:
+            sys.setswitchinterval(self._switch_interval)
+            self._switch_interval = None
+        if self._opencv_threads is not None:
+            cv2.setNumThreads(self._opencv_threads)
+            self._opencv_threads = None
 
     def _release_engine(self, join_timeout: float = 5.0) -> None:
         self.prompt_interfaces.stop(join_timeout)
@@ -285,9 +340,11 @@ class ClipSegNode(LifecycleNode):
             self._refuse_frame(cam, now, str(exc))
             return
         cam.latest = msg
+        frame = Frame(cam.spec.index, msg, now, cam.received)
+        cam.received += 1
         if self.settings.propagate:
-            self._propagation_slots.put(Frame(cam.spec.index, msg, now))
-        cam.stats.on_received(now, self._slots.put(Frame(cam.spec.index, msg, now)))
+            self._propagation_slots.put(frame)
+        cam.stats.on_received(now, self._slots.put(frame))
 
     def _refuse_frame(self, cam: Camera, now: float, reason: str) -> None:
         cam.stats.on_unreadable(now, reason)
@@ -313,6 +370,7 @@ class ClipSegNode(LifecycleNode):
                 self._refuse_frame(cam, time.monotonic(), str(exc))
                 continue
             cam.stats.on_readable(time.monotonic())
+            cam.inferring = max(cam.inferring, frame.sequence)
             if not cam.spec.compressed and msg.encoding.lower() == "16uc1":
                 self.log.warning(f"{cam.spec.name}:16uc1", f"{cam.spec.resolved_topic}: 16UC1 frames are read as "
                                  "16-bit grey; if this is a depth image, remap the camera input to the colour stream")
@@ -337,21 +395,48 @@ class ClipSegNode(LifecycleNode):
             self.log.warning("oom", "out of GPU memory: freed the cache and retried in smaller batches (fewer "
                              "prompts, fewer cameras or dtype float16 would avoid it)")
         for (cam, frame, rgb), result in zip(taken, results):
-            result = cam.timeline.model_frame(rgb, result, prompt_set, stamp_seconds(frame.message.header.stamp))
-            outputs = self._frame_outputs(cam, frame, rgb, result, settings)
-            if self._publish(cam, outputs):
+            stamp = stamp_seconds(frame.message.header.stamp)
+            result = self._stage(cam, "smoothing", lambda: cam.timeline.model_frame(rgb, result, prompt_set, stamp),
+                                 result)
+            outputs = self._frame_outputs(cam, frame, rgb, result, settings, prompt_set)
+            if outputs is not None and self._publish(cam, outputs, frame.sequence):
                 now = time.monotonic()
                 cam.stats.on_published(now, result.timings_ms.get("total", 0.0), (now - frame.received_at) * 1e3)
         self.frames_processed += len(results)
 
-    def _frame_outputs(self, cam: Camera, frame: Frame, rgb, result, settings: NodeSettings):
-        """Objects (tracked), 3D with the paired depth image, and every output message of one frame."""
-        scene = build_scene(result, self._depth_for(cam, frame.message.header.stamp, rgb.shape[:2], settings),
-                            settings.scene_options)
-        if scene.all_depth_invalid:
+    def _stage(self, cam: Camera, stage: str, run, fallback):
+        """``run()``, or ``fallback`` when it raises: one camera's failure in one step (3D, clouds,
+        smoothing, tracking) never costs that camera's 2D outputs nor another camera's frame. One
+        throttled error names the camera and the step."""
+        try:
+            return run()
+        except PropagationStopped:
+            raise
+        except Exception as exc:  # noqa: BLE001 - isolated by design; the reason is logged
+            text = str(exc).strip()
+            self.log.error(f"{cam.spec.name}:{stage}:{type(exc).__name__}",
+                           f"{cam.spec.name}: {stage} failed, the frame goes out without it: {type(exc).__name__}: "
+                           f"{text.splitlines()[0] if text else ''}")
+            return fallback() if callable(fallback) else fallback
+
+    def _frame_outputs(self, cam: Camera, frame: Frame, rgb, result, settings: NodeSettings, prompt_set):
+        """Objects (tracked), 3D with the paired depth image, and every output message of one
+        frame; each step isolated (:meth:`_stage`). None: the frame is not to be published (its
+        prompts were replaced while it was processed)."""
+        depth = self._stage(cam, "depth", lambda: self._depth_for(cam, frame.message.header.stamp, rgb.shape[:2],
+                                                                  settings), None)
+        options = settings.scene_options
+        scene = self._stage(cam, "3D", lambda: build_scene(result, depth, options),
+                            lambda: self._stage(cam, "objects", lambda: build_scene(result, None, options), None))
+        if scene is not None and scene.all_depth_invalid:
             self.log.warning(f"{cam.spec.name}:depth:invalid", f"{cam.spec.name}: the paired depth image has no "
                              "valid pixel (all 0, NaN or inf): objects have no 3D position")
-        scene = cam.timeline.track(scene, rgb.shape[:2])
+        if scene is not None:
+            try:
+                scene = self._stage(cam, "tracking", lambda: cam.timeline.track(scene, rgb.shape[:2], prompt_set),
+                                    scene)
+            except PropagationStopped:
+                return None
         return build_outputs(result, rgb, frame.message.header, settings.output_options, scene)
 
     def _propagation_rate(self) -> float:
@@ -365,12 +450,13 @@ class ClipSegNode(LifecycleNode):
         prompt_set, settings, cameras = self.prompts.prompt_set, self.settings, self.cameras
         if prompt_set is None:
             return
+        thresholds = prompt_set.thresholds_or(settings.threshold)
         for frame in batch:
             cam = cameras[frame.camera]
             stamp = stamp_seconds(frame.message.header.stamp)
             try:
                 rgb = read_rgb8(frame.message)
-                result, source = cam.timeline.propagate(rgb, prompt_set, stamp)
+                result, source = cam.timeline.propagate(rgb, prompt_set, stamp, thresholds)
             except ImageConversionError:
                 continue  # the model's thread reports unreadable frames
             except PropagationStopped as exc:
@@ -378,11 +464,13 @@ class ClipSegNode(LifecycleNode):
                     self.log.warning(f"{cam.spec.name}:propagation:{problem_kind(str(exc))}",
                                      f"{cam.spec.name}: propagation stopped until the next model frame: {exc}")
                 continue
-            outputs = self._frame_outputs(cam, frame, rgb, result, settings)
+            outputs = self._frame_outputs(cam, frame, rgb, result, settings, prompt_set)
+            if outputs is None:
+                continue
             for msg in (outputs.segmentation, outputs.confidences):
                 msg.propagated, msg.model_frame_age = True, float(stamp - source.stamp)
                 msg.frames_since_model = int(source.frames)
-            self._publish(cam, outputs)
+            self._publish(cam, outputs, frame.sequence, propagated=True)
 
     def _depth_for(self, cam: Camera, stamp, colour_size, settings: NodeSettings) -> DepthFrame | None:
         """The depth image paired with a colour frame, or None (without depth configured, or
@@ -397,9 +485,23 @@ class ClipSegNode(LifecycleNode):
                              f"{cam.spec.name}: no 3D for this frame: {exc}")
             return None
 
-    def _publish(self, cam: Camera, outputs) -> bool:
+    def _publish(self, cam: Camera, outputs, sequence: int, propagated: bool = False) -> bool:
+        """Publish one frame's outputs unless a frame of this camera that arrived later (or this
+        one) went out already: per camera and topic, outputs never go back in time (for a camera
+        whose stamps increase: stamps strictly increase; zero or looping stamps still go out).
+        A model result comes after the propagated frames that arrived during its inference; it
+        is then the reference the next propagated frames are carried from, but is not published
+        itself. A propagated frame the model has taken (or one older) is left to the model's
+        result. Whether it went out."""
+        def publish() -> bool:
+            if sequence <= cam.published or (propagated and sequence <= cam.inferring):
+                return False
+            cam.publishers.publish(outputs)
+            cam.published = sequence
+            return True
+
         try:
-            return self._gate.run(lambda: cam.publishers.publish(outputs))
+            return bool(self._gate.run(publish))
         except Exception as exc:  # noqa: BLE001 - e.g. RCLError when a reliable subscriber lags
             self.log.warning(f"{cam.spec.name}:publish", f"{cam.spec.name}: publishing failed: {exc}")
             return False
@@ -458,8 +560,7 @@ class ClipSegNode(LifecycleNode):
         # its publishers' context is about to go. Ctrl-C must end the process within 2 s, so a
         # frame still in flight is abandoned (the thread is a daemon).
         self._gate.close()
-        self._stop_work(join_timeout=0.5)
-        self.prompt_interfaces.stop(timeout=0.2)
+        self._stop_work(join_timeout=SHUTDOWN_JOIN_S, stop_helper=True)
         super().destroy_node()
         # rclpy's LifecycleNode leaves its state machine, and through it the node handle and the
         # DDS participant, to the garbage collector. Release it now so that shutdown removes the

@@ -9,8 +9,8 @@ covers it, its area and centroid do not); regions smaller than ``min_area`` inpu
 dropped. Objects of a prompt are sorted by max score, then mean score, then area (descending),
 then by position (top, left), and at most ``max_objects`` are kept.
 
-Masks larger than :data:`OBJECT_GRID_MAX` pixels on their long side are sampled (nearest) down to
-it first: the model's own grid is 352x352, so a finer grid adds no information but costs time
+Masks larger than :data:`OBJECT_GRID_MAX` pixels on their long side are sampled (nearest, by pixel
+centres) down to it first: the model's own grid is 352x352, so a finer grid adds no information but costs time
 (and a noisy mask has hundreds of regions). Boxes, centroids and areas are then exact to one
 sampled pixel (1.8 input pixels at 640x480, 5.5 at 1920x1080).
 """
@@ -23,6 +23,7 @@ from typing import Sequence
 import cv2
 import numpy as np
 
+from clipseg_ros.grids import resample_nearest
 from clipseg_ros.postprocess import at_least, grid_box_in_input, grid_point_in_input, mask_level
 
 OBJECT_GRID_MAX = 352  # the model's own grid
@@ -69,7 +70,7 @@ def find_objects(masks: np.ndarray, prompts: Sequence[str], thresholds: Sequence
     if max(grid_h, grid_w) > OBJECT_GRID_MAX:
         scale = OBJECT_GRID_MAX / max(grid_h, grid_w)
         grid_h, grid_w = max(1, round(grid_h * scale)), max(1, round(grid_w * scale))
-        masks = np.stack([cv2.resize(m, (grid_w, grid_h), interpolation=cv2.INTER_NEAREST) for m in masks]) \
+        masks = np.stack([resample_nearest(m, (grid_h, grid_w)) for m in masks]) \
             if masks.shape[0] else np.zeros((0, grid_h, grid_w), np.uint8)
     sx, sy = in_w / grid_w, in_h / grid_h
     found = []

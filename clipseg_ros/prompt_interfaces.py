@@ -74,6 +74,11 @@ class PromptInterfaces:
         self._thresholds_service = node.create_service(SetThresholds, "~/set_thresholds", self._on_set_thresholds)
         self._start_helper()
 
+    def request_stop(self) -> None:
+        """Tell the helper thread to stop (returns at once; :meth:`stop` then waits for it)."""
+        if self._prompt_image_spinner is not None:
+            self._prompt_image_spinner.request_stop()
+
     def stop(self, timeout: float) -> None:
         self._stop_helper(timeout)
         if self._prompt_topic is not None:

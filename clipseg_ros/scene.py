@@ -10,10 +10,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
 
-from clipseg_ros.geometry import NO_POSITION, MaskedCloud, PinholeCamera, Position3D, locate_pixels, masked_cloud
+from clipseg_ros.geometry import (NO_POSITION, MaskedCloud, PinholeCamera, Position3D, depth_cloud, locate_pixels,
+                                masked_cloud, strided_grid)
+from clipseg_ros.grids import centre_indices, resample_nearest
 from clipseg_ros.objects import DetectedObject, find_objects
 from clipseg_ros.postprocess import SegmentationResult
 from clipseg_ros.tracking import TrackId
@@ -45,6 +46,7 @@ class SceneOptions:
     obstacle_prompts: tuple[str, ...] = ()  # empty: no obstacle cloud
     cloud_stride: int = 4
     cloud_max_points: int = 50000
+    clearing_cloud: bool = False  # every valid depth point (strided), for a costmap's clearing source
 
 
 @dataclass(frozen=True)
@@ -65,6 +67,7 @@ class Scene:
     depth: DepthFrame | None = None
     cloud: MaskedCloud | None = None
     obstacle_cloud: MaskedCloud | None = None
+    clearing_cloud: np.ndarray | None = None  # (K, 3) float32, every valid depth point (strided)
     all_depth_invalid: bool = False
 
     def best(self, prompt_index: int) -> SceneObject | None:
@@ -73,29 +76,40 @@ class Scene:
 
 
 def build_scene(result: SegmentationResult, depth: DepthFrame | None, options: SceneOptions) -> Scene:
-    """Objects of every prompt of ``result``; with ``depth`` (same view as the colour frame,
-    any resolution: see :func:`geometry.check_same_view`) their 3D positions and the clouds."""
+    """Objects of every prompt of ``result``; with ``depth`` (the colour frame's view, any
+    resolution: see :func:`geometry.check_same_view`) their 3D positions and the clouds.
+
+    Clouds hold only points on their object's surface (the rule of the positions: see
+    :func:`geometry.fit_surface`): mask bleed onto the background and holes between an object's
+    parts (chair legs, under a table) do not become points at the background's range. Pixels of
+    a prompt outside its kept objects (specks under ``min_object_area``, objects past
+    ``max_objects``) are not in the clouds either."""
     found = find_objects(result.masks, result.prompts, result.prompt_thresholds, result.image_size,
                          min_area=options.min_object_area, max_objects=options.max_objects)
     if depth is None:
         return Scene(tuple(tuple(SceneObject(o, NO_POSITION) for o in p.objects) for p in found))
     dh, dw = depth.metres.shape
     all_invalid = not bool(np.isfinite(depth.metres).any())
-    placed = []
+    placed, depth_components = [], []
     for prompt_objects in found:
-        components = grid = prompt_objects.components
-        if prompt_objects.objects and components.shape != (dh, dw):
-            components = cv2.resize(components, (dw, dh), interpolation=cv2.INTER_NEAREST)
+        grid = prompt_objects.components
+        components = resample_nearest(grid, (dh, dw)) if prompt_objects.objects else None
+        depth_components.append(components)
         placed.append(tuple(SceneObject(o, _locate(depth, components, o, grid.shape, options.depth_band))
                             for o in prompt_objects.objects))
     names = list(result.prompts)
-    cloud = obstacle = None
-    if options.cloud:
-        wanted = options.cloud_prompts or tuple(names)
-        cloud = _cloud(result, depth, options, [names.index(n) + 1 for n in wanted if n in names])
-    if options.obstacle_prompts:
-        obstacle = _cloud(result, depth, options, [names.index(n) + 1 for n in options.obstacle_prompts if n in names])
-    return Scene(tuple(placed), depth, cloud, obstacle, all_invalid)
+    cloud = obstacle = clearing = None
+    if options.cloud or options.obstacle_prompts:
+        keep = _on_surfaces(result, depth, placed, depth_components, options.cloud_stride)
+        if options.cloud:
+            wanted = options.cloud_prompts or tuple(names)
+            cloud = _cloud(result, depth, options, [names.index(n) + 1 for n in wanted if n in names], keep)
+        if options.obstacle_prompts:
+            obstacle = _cloud(result, depth, options,
+                              [names.index(n) + 1 for n in options.obstacle_prompts if n in names], keep)
+    if options.clearing_cloud:
+        clearing = depth_cloud(depth.metres, depth.camera, options.cloud_stride, options.cloud_max_points)
+    return Scene(tuple(placed), depth, cloud, obstacle, clearing, all_invalid)
 
 
 def _locate(depth: DepthFrame, components: np.ndarray, obj: DetectedObject, grid: tuple[int, int],
@@ -104,15 +118,42 @@ def _locate(depth: DepthFrame, components: np.ndarray, obj: DetectedObject, grid
     dh, dw = depth.metres.shape
     x, y, w, h = obj.grid_bbox
     sx, sy = dw / grid[1], dh / grid[0]
-    x0, y0 = int(math.floor(x * sx)), int(math.floor(y * sy))
-    x1, y1 = min(dw, int(math.ceil((x + w) * sx))), min(dh, int(math.ceil((y + h) * sy)))
-    # A large object is sampled on a regular grid of at most LOCATE_MAX_PIXELS pixels: the median
-    # hardly moves, the extent shrinks by less than the step (e.g. 3 px for 80 000 px).
-    step = max(1, math.ceil(math.sqrt((y1 - y0) * (x1 - x0) / LOCATE_MAX_PIXELS)))
+    # depth pixels whose centre falls in grid pixels x .. x + w - 1 (the rule of resample_nearest)
+    x0, y0 = max(0, math.ceil(x * sx - 0.5)), max(0, math.ceil(y * sy - 0.5))
+    x1, y1 = min(dw, math.ceil((x + w) * sx - 0.5)), min(dh, math.ceil((y + h) * sy - 0.5))
+    # A large object is sampled on a regular grid of at most LOCATE_MAX_PIXELS pixels, each sample
+    # standing for the step x step pixels it starts: the median hardly moves, the box is the same.
+    step = max(1, math.ceil(math.sqrt(max(0, y1 - y0) * max(0, x1 - x0) / LOCATE_MAX_PIXELS)))
     vs, us = np.nonzero(components[y0:y1:step, x0:x1:step] == obj.component)
-    return locate_pixels(depth.metres, vs * step + y0, us * step + x0, depth.camera, depth_band)
+    return locate_pixels(depth.metres, vs * step + y0, us * step + x0, depth.camera, depth_band,
+                         step=step, window_end=(y1, x1))
 
 
-def _cloud(result: SegmentationResult, depth: DepthFrame, options: SceneOptions, labels: list[int]) -> MaskedCloud:
+def _on_surfaces(result: SegmentationResult, depth: DepthFrame, placed: list, depth_components: list,
+                 stride: int) -> np.ndarray:
+    """(rows, columns) bool on the clouds' strided grid: the pixel is on the surface of an
+    object of the prompt it is labelled with (what :func:`masked_cloud` then keeps)."""
+    rows, cols = strided_grid(depth.metres.shape, stride)
+    dh, dw = depth.metres.shape
+    sub_label = result.label[np.ix_(centre_indices(dh, result.label.shape[0])[rows],
+                                    centre_indices(dw, result.label.shape[1])[cols])]
+    keep = np.zeros((rows.size, cols.size), bool)
+    sub_depth = depth.metres[np.ix_(rows, cols)]
+    for k, (objects, components) in enumerate(zip(placed, depth_components)):
+        if components is None:
+            continue
+        sub = np.where(sub_label == k + 1, components[np.ix_(rows, cols)], 0)
+        for placed_object in objects:
+            surface = placed_object.location.surface
+            if surface is None:
+                continue
+            vs, us = np.nonzero(sub == placed_object.object.component)
+            on = surface.inliers(cols[us], rows[vs], sub_depth[vs, us])
+            keep[vs[on], us[on]] = True
+    return keep
+
+
+def _cloud(result: SegmentationResult, depth: DepthFrame, options: SceneOptions, labels: list[int],
+           keep: np.ndarray) -> MaskedCloud:
     return masked_cloud(depth.metres, result.label, result.masks, depth.camera, labels,
-                        stride=options.cloud_stride, max_points=options.cloud_max_points)
+                        stride=options.cloud_stride, max_points=options.cloud_max_points, keep=keep)

@@ -18,6 +18,7 @@ from clipseg_ros.precision import check_precision_name
 from clipseg_ros.engine import DEFAULT_MODEL
 from clipseg_ros.messages import OutputOptions
 from clipseg_ros.depth_inputs import camera_info_topic
+from clipseg_ros.geometry import CAMERA_MODELS
 from clipseg_ros.postprocess import MAX_LABELS
 from clipseg_ros.propagation import FlowOptions
 from clipseg_ros.scene import SceneOptions
@@ -85,6 +86,12 @@ def parameter_specs() -> list[tuple[str, object, ParameterDescriptor]]:
                                     "image); '' = none for that camera; empty = no 3D", SA, True)),
         ("camera_info_topics", None, desc("CameraInfo of each depth image; '' or empty = <depth topic's "
                                           "namespace>/camera_info", SA, True)),
+        ("image_camera_info_topics", None, desc("CameraInfo of each colour image (to check that depth is registered "
+                                                "to it); '' or empty = <image topic's namespace>/camera_info", SA,
+                                                True)),
+        ("depth_camera_model", "auto", desc("whether the depth images are rectified: rectified (use CameraInfo P) | "
+                                            "raw (use K and undo D) | auto (raw when D has a non-zero coefficient, "
+                                            "else rectified)", S, True)),
         ("depth_slop", 0.05, desc("s: a depth image pairs with a colour frame of the same stamp, else the nearest "
                                   "within this", D, floating_point_range=[FloatingPointRange(from_value=0.0,
                                                                                              to_value=10.0, step=0.0)])),
@@ -97,11 +104,18 @@ def parameter_specs() -> list[tuple[str, object, ParameterDescriptor]]:
         ("max_objects", 16, desc("most objects kept per prompt (best first)", I,
                                  integer_range=[IntegerRange(from_value=1, to_value=1000, step=1)])),
         ("publish_markers", True, desc("~/markers: a box and label per 3D object (with depth)", B)),
+        ("marker_lifetime", 0.0, desc("s: a marker disappears this long after its frame unless renewed; 0 = three "
+                                      "periods of rate (3 s when rate is 0)", D,
+                                      floating_point_range=[FloatingPointRange(from_value=0.0, to_value=3600.0,
+                                                                               step=0.0)])),
         ("publish_positions", True, desc("~/position/<prompt>: each prompt's best object's position (with depth)", B)),
         ("publish_cloud", False, desc("~/cloud: x, y, z, score, label of the cloud_prompts' pixels (with depth)", B)),
         ("cloud_prompts", None, desc("prompts in ~/cloud; empty = all", SA)),
         ("obstacle_prompts", None, desc("prompts whose pixels go into ~/obstacle_cloud (x, y, z, for Nav2's "
                                         "obstacle/voxel layers); empty = no obstacle cloud", SA)),
+        ("publish_clearing_cloud", False, desc("~/clearing_cloud: x, y, z of every valid depth point (strided), "
+                                               "for a costmap's clearing source (Nav2: clearing true, marking false)",
+                                               B)),
         ("cloud_stride", 4, desc("take every n-th depth row and column for the clouds", I,
                                  integer_range=[IntegerRange(from_value=1, to_value=64, step=1)])),
         ("cloud_max_points", 50000, desc("most points per cloud (thinned evenly beyond)", I,
@@ -115,6 +129,9 @@ def parameter_specs() -> list[tuple[str, object, ParameterDescriptor]]:
                                          "of one core (its rate is lowered to fit)", D,
                                          floating_point_range=[FloatingPointRange(from_value=0.01, to_value=1.0,
                                                                                   step=0.0)])),
+        ("max_model_age", 5.0, desc("s: propagation stops for frames this much newer than the last model frame", D,
+                                    floating_point_range=[FloatingPointRange(from_value=0.01, to_value=3600.0,
+                                                                             step=0.0)])),
         ("flow_width", 320, desc("optical flow runs on grey frames this many pixels wide", I, True,
                                  integer_range=[IntegerRange(from_value=32, to_value=4096, step=1)])),
         ("smoothing", 1.0, desc("weight of a new model frame in each prompt's average over model frames, aligned "
@@ -161,20 +178,25 @@ class NodeSettings:
     teach_point_size: int
     depth_topics: tuple[str, ...]
     camera_info_topics: tuple[str, ...]
+    image_camera_info_topics: tuple[str, ...]
+    depth_camera_model: str
     depth_slop: float
     depth_band: float
     min_object_area: float
     max_objects: int
     publish_markers: bool
+    marker_lifetime: float
     publish_positions: bool
     publish_cloud: bool
     cloud_prompts: tuple[str, ...]
     obstacle_prompts: tuple[str, ...]
+    publish_clearing_cloud: bool
     cloud_stride: int
     cloud_max_points: int
     propagate: bool
     propagate_rate: float
     propagation_budget: float
+    max_model_age: float
     flow_width: int
     smoothing: float
     tracking: bool
@@ -208,9 +230,10 @@ class NodeSettings:
             "input_qos": lambda: _one_of("input_qos", self.input_qos, INPUT_QOS),
             "mask_resolution": lambda: _one_of("mask_resolution", self.mask_resolution, MASK_RESOLUTIONS),
             "visual_prompt_style": lambda: _one_of("visual_prompt_style", self.visual_prompt_style, tuple(STYLES)),
+            "depth_camera_model": lambda: _one_of("depth_camera_model", self.depth_camera_model, CAMERA_MODELS),
             "image_topics": lambda: _require(bool(self.image_topics), "image_topics is empty"),
             **{name: (lambda name=name: self._one_per_camera(name))
-               for name in ("camera_names", "depth_topics", "camera_info_topics")},
+               for name in ("camera_names", "depth_topics", "camera_info_topics", "image_camera_info_topics")},
         }
         found = []
         for name, check in checks.items():
@@ -232,27 +255,38 @@ class NodeSettings:
     def output_options(self) -> OutputOptions:
         return OutputOptions(include_masks=self.publish_masks, label=self.publish_label,
                              overlay=self.publish_overlay, overlay_alpha=self.overlay_alpha,
-                             markers=self.publish_markers, positions=self.publish_positions)
+                             markers=self.publish_markers, positions=self.publish_positions,
+                             marker_lifetime=self.marker_lifetime_s)
+
+    @property
+    def marker_lifetime_s(self) -> float:
+        """``marker_lifetime``, or three periods of ``rate`` (3 s when it is 0) for 0."""
+        if self.marker_lifetime > 0:
+            return self.marker_lifetime
+        return 3.0 / self.rate if self.rate > 0 else 3.0
 
     @property
     def scene_options(self) -> SceneOptions:
         return SceneOptions(min_object_area=self.min_object_area, max_objects=self.max_objects,
                             depth_band=self.depth_band, cloud=self.publish_cloud, cloud_prompts=self.cloud_prompts,
                             obstacle_prompts=self.obstacle_prompts, cloud_stride=self.cloud_stride,
-                            cloud_max_points=self.cloud_max_points)
+                            cloud_max_points=self.cloud_max_points, clearing_cloud=self.publish_clearing_cloud)
 
     @property
     def temporal_options(self) -> TemporalOptions:
         return TemporalOptions(propagate=self.propagate, smoothing=self.smoothing, tracking=self.tracking,
-                               max_missed=self.track_max_missed, flow=FlowOptions(flow_width=self.flow_width))
+                               max_missed=self.track_max_missed, flow=FlowOptions(flow_width=self.flow_width),
+                               max_model_age=self.max_model_age)
 
-    def depth_topic_of(self, camera: int) -> tuple[str, str] | None:
-        """(depth topic, CameraInfo topic) of camera ``camera``; None without depth."""
+    def depth_topic_of(self, camera: int, image_topic: str | None = None) -> tuple[str, str, str] | None:
+        """(depth topic, its CameraInfo topic, the colour image's CameraInfo topic) of camera
+        ``camera`` (whose image topic, after remapping, is ``image_topic``); None without depth."""
         depth = self.depth_topics[camera].strip() if self.depth_topics else ""
         if not depth:
             return None
         info = self.camera_info_topics[camera].strip() if self.camera_info_topics else ""
-        return depth, info or camera_info_topic(depth)
+        colour = self.image_camera_info_topics[camera].strip() if self.image_camera_info_topics else ""
+        return depth, info or camera_info_topic(depth), colour or camera_info_topic(image_topic or self.image_topics[camera])
 
 
 def plain_value(value):

@@ -6,6 +6,8 @@ its optical frame.
 
 from __future__ import annotations
 
+import hashlib
+import math
 import re
 
 import numpy as np
@@ -43,6 +45,7 @@ def object_msg(placed: SceneObject) -> Object:
         centroid_x=float(obj.centroid[0]), centroid_y=float(obj.centroid[1]), area=float(obj.area),
         max_score=float(obj.max_score), mean_score=float(obj.mean_score), has_position=where.has_position,
         position=Point(x=where.position[0], y=where.position[1], z=where.position[2]),
+        box_center=Point(x=where.box_center[0], y=where.box_center[1], z=where.box_center[2]),
         extent=Vector3(x=where.extent[0], y=where.extent[1], z=where.extent[2]),
         valid_depth_fraction=float(where.valid_fraction),
         track_id=placed.track.id if placed.track is not None else 0,
@@ -64,14 +67,21 @@ _XYZ_FIELDS = _CLOUD_FIELDS[:3]
 def cloud_msg(cloud: MaskedCloud, header: Header, xyz_only: bool = False) -> PointCloud2:
     """An unorganised (height 1), dense PointCloud2: x, y, z (+ score, label unless ``xyz_only``,
     the form Nav2's obstacle and voxel layers read), little-endian."""
-    n = len(cloud)
     if xyz_only:
-        data, fields, step = np.ascontiguousarray(cloud.xyz, "<f4"), _XYZ_FIELDS, 12
-    else:
-        data = np.empty(n, _CLOUD_DTYPE)
-        data["x"], data["y"], data["z"] = cloud.xyz[:, 0], cloud.xyz[:, 1], cloud.xyz[:, 2]
-        data["score"], data["label"] = cloud.score, cloud.label
-        fields, step = _CLOUD_FIELDS, _CLOUD_DTYPE.itemsize
+        return xyz_cloud_msg(cloud.xyz, header)
+    n = len(cloud)
+    data = np.empty(n, _CLOUD_DTYPE)
+    data["x"], data["y"], data["z"] = cloud.xyz[:, 0], cloud.xyz[:, 1], cloud.xyz[:, 2]
+    data["score"], data["label"] = cloud.score, cloud.label
+    return _cloud(data, _CLOUD_FIELDS, _CLOUD_DTYPE.itemsize, n, header)
+
+
+def xyz_cloud_msg(xyz: np.ndarray, header: Header) -> PointCloud2:
+    """(K, 3) points as an unorganised, dense x, y, z float32 PointCloud2."""
+    return _cloud(np.ascontiguousarray(xyz, "<f4"), _XYZ_FIELDS, 12, int(xyz.shape[0]), header)
+
+
+def _cloud(data: np.ndarray, fields: list, step: int, n: int, header: Header) -> PointCloud2:
     msg = PointCloud2(header=header, height=1, width=n, fields=fields, is_bigendian=False, point_step=step,
                       row_step=step * n, is_dense=True)
     if n:
@@ -85,10 +95,14 @@ def cloud_points(msg: PointCloud2) -> np.ndarray:
     return np.frombuffer(bytes(msg.data), dtype)
 
 
-def marker_array(scene: Scene, prompts: list[str], header: Header, lifetime_s: float = 0.0) -> MarkerArray:
-    """A DELETEALL, then per object with a 3D position a box (its extent, at least 1 cm) and a
-    label above it, coloured like the overlay."""
+def marker_array(scene: Scene | None, prompts: list[str], header: Header, lifetime_s: float) -> MarkerArray:
+    """A DELETEALL, then per object with a 3D position a box (its box: centre and extent, at
+    least 1 cm) and a label above it, coloured like the overlay, that RViz removes after
+    ``lifetime_s`` unless a newer array replaces them. ``scene`` None: only the DELETEALL (a
+    frame without usable depth, or the node stopping)."""
     markers = [Marker(header=header, action=Marker.DELETEALL)]
+    if scene is None:
+        return MarkerArray(markers=markers)
     colours = palette(max(1, len(prompts)))
     lifetime = Duration(sec=int(lifetime_s), nanosec=int((lifetime_s % 1) * 1e9))
     for k, prompt_objects in enumerate(scene.objects):
@@ -98,7 +112,7 @@ def marker_array(scene: Scene, prompts: list[str], header: Header, lifetime_s: f
             where = placed.location
             if not where.has_position:
                 continue
-            x, y, z = where.position
+            x, y, z = where.box_center
             size = Vector3(x=max(where.extent[0], 0.01), y=max(where.extent[1], 0.01), z=max(where.extent[2], 0.01))
             box = Marker(header=header, ns=prompts[k], id=2 * i, type=Marker.CUBE, action=Marker.ADD,
                          scale=size, color=colour, lifetime=lifetime)
@@ -111,15 +125,31 @@ def marker_array(scene: Scene, prompts: list[str], header: Header, lifetime_s: f
     return MarkerArray(markers=markers)
 
 
-def best_position_msg(placed: SceneObject, header: Header) -> PointStamped:
-    x, y, z = placed.location.position
+def best_position_msg(placed: SceneObject | None, header: Header) -> PointStamped:
+    """The best object's position; NaN x, y, z when the prompt has no object with a 3D position
+    in this frame (a lost object: the last position is not current)."""
+    x, y, z = placed.location.position if placed is not None else (math.nan,) * 3
     return PointStamped(header=header, point=Point(x=x, y=y, z=z))
 
 
+_PLAIN_PROMPT = re.compile(r"[a-z0-9]+( [a-z0-9]+)*")
+_DIGEST_WORD = re.compile(r"h[0-9a-f]{8}")
+
+
 def topic_slug(prompt: str) -> str:
-    """A prompt as one topic-name token: lower case, runs of other characters as '_'
-    ('door handle' -> 'door_handle', '3 cups' -> 'p_3_cups')."""
+    """A prompt as one topic-name token, different for different prompts.
+
+    A plain prompt (lower-case ASCII letters and digits, words separated by single spaces) reads
+    as itself: 'door handle' -> 'door_handle', '3 cups' -> 'p_3_cups'. Any other prompt gets
+    its letters and digits, lower case, then ``_h`` and 8 hex digits of the SHA-1 of its UTF-8
+    text: 'Cup' -> 'cup_h<8>', 'door-handle' -> 'door_handle_h<8>', 'café' -> 'caf_h<8>', a
+    CJK prompt -> 'prompt_h<8>'. A plain prompt whose last word looks like such a digest is
+    hashed too, so the two forms never meet."""
     slug = re.sub(r"[^a-z0-9]+", "_", prompt.lower()).strip("_") or "prompt"
-    return f"p_{slug}" if slug[0].isdigit() else slug
+    if slug[0].isdigit():
+        slug = f"p_{slug}"
+    if _PLAIN_PROMPT.fullmatch(prompt) and not _DIGEST_WORD.fullmatch(prompt.rsplit(" ", 1)[-1]):
+        return slug
+    return f"{slug}_h{hashlib.sha1(prompt.encode('utf-8')).hexdigest()[:8]}"
 
 

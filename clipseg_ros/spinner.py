@@ -37,10 +37,14 @@ class BackgroundSpinner:
             if self._running and self.executor.context.ok():
                 raise
 
+    def request_stop(self) -> None:
+        """Tell the thread to stop after the callback it runs (returns at once)."""
+        self._running = False
+        self.executor.wake()
+
     def stop(self, timeout: float = 5.0) -> None:
         """Stop spinning; a callback still running after ``timeout`` s is abandoned (the thread
         is a daemon)."""
-        self._running = False
-        self.executor.wake()
-        self._thread.join(timeout=timeout)
+        self.request_stop()
+        self._thread.join(timeout=max(0.0, timeout))
         self.executor.shutdown(timeout_sec=0)

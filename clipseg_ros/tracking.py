@@ -3,7 +3,7 @@
 No ROS in here. Per prompt (by name), each frame's objects are matched to the live tracks of that
 prompt: greedily by box IoU (highest first, at least ``min_iou``), then the rest by centroid
 distance (nearest first, at most ``max_distance`` x the image diagonal). A matched track takes
-the object's box; an unmatched object starts a track with a new id (ids are never reused); a
+the object's box; an unmatched object starts a track with a new id (from ``ids``: never given twice); a
 track unmatched for more than ``max_missed`` frames in a row is dropped (lost). With propagation
 on, frames between model frames move the objects with the flow, so boxes overlap from frame to
 frame even when the camera moves.
@@ -11,9 +11,10 @@ frame even when the camera moves.
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Iterator, Sequence
 
 from clipseg_ros.objects import DetectedObject
 
@@ -38,11 +39,14 @@ class TrackId:
 
 @dataclass
 class ObjectTracker:
+    """``ids``: where new track ids come from (share one among trackers, and keep it, so that no
+    id is given twice: the node shares one among its cameras for its whole life)."""
+
     min_iou: float = 0.2
     max_distance: float = 0.1
     max_missed: int = 5
     tracks: dict[str, list[Track]] = field(default_factory=dict)
-    _next_id: int = 1
+    ids: Iterator[int] = field(default_factory=lambda: itertools.count(1))
 
     def update(self, objects: Sequence[Sequence[DetectedObject]], image_size: tuple[int, int]) -> list[list[TrackId]]:
         """Match one frame's objects (per prompt, as from :func:`clipseg_ros.objects.find_objects`)
@@ -91,8 +95,7 @@ class ObjectTracker:
                 track = tracks[match[oi]]
                 track.bbox, track.centroid, track.age, track.missed = obj.bbox, obj.centroid, track.age + 1, 0
             else:
-                track = Track(self._next_id, prompt, obj.bbox, obj.centroid)
-                self._next_id += 1
+                track = Track(next(self.ids), prompt, obj.bbox, obj.centroid)
                 tracks.append(track)
                 used.add(len(tracks) - 1)
             ids.append(TrackId(track.id, track.age))

@@ -181,12 +181,14 @@ class RosClient:
 
 
 class CameraPublisher:
-    """Publishes numbered frames (frame_id 'seq:<n>') on a topic."""
+    """Publishes numbered frames (frame_id 'seq:<n>') on a topic, stamped 1000 s + n
+    ``stamp_period`` s (+ 12345 ns)."""
 
-    def __init__(self, client, topic, h=48, w=64, compressed=False):
+    def __init__(self, client, topic, h=48, w=64, compressed=False, stamp_period=1.0):
         from sensor_msgs.msg import CompressedImage, Image
 
         self.client, self.h, self.w, self.compressed = client, h, w, compressed
+        self.stamp_period = stamp_period
         self.pub = client.node.create_publisher(CompressedImage if compressed else Image, topic, 10)
         self.seq = 0
 
@@ -199,7 +201,8 @@ class CameraPublisher:
         else:
             msg = cv2_to_imgmsg(img, "rgb8")
         msg.header.frame_id = f"seq:{self.seq}"
-        msg.header.stamp.sec, msg.header.stamp.nanosec = 1000 + self.seq, 12345
+        ns = 1000 * 10**9 + round(self.seq * self.stamp_period * 1e9) + 12345
+        msg.header.stamp.sec, msg.header.stamp.nanosec = ns // 10**9, ns % 10**9
         self.pub.publish(msg)
         self.seq += 1
         return msg

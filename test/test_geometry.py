@@ -35,13 +35,13 @@ def test_positions_and_extents_of_two_boxes():
     depth = depth_in_metres(scene_mm(), "16UC1")
     a = locate(depth, region(A), CAM, depth_band=0.3)
     assert a.position == pytest.approx((-0.2, -0.175, 1.0), abs=1e-6)  # centre of columns 20..59, rows 10..39
-    # extent of pixel centres: 39 px x z / f; the box itself is 40 px wide: within one pixel's footprint
-    assert a.extent == pytest.approx((39 / 200, 29 / 200, 0.0), abs=1e-6)
-    assert abs(a.extent[0] - 40 / 200) <= 1.0 / 200
+    # the box covers the pixels' footprints: 40 px x z / f wide (pixel edges 19.5 .. 59.5), centred on them
+    assert a.extent == pytest.approx((40 / 200, 30 / 200, 0.0), abs=1e-6)
+    assert a.box_center == pytest.approx((-0.2, -0.175, 1.0), abs=1e-6)
     assert (a.valid_fraction, a.inliers) == (1.0, 1200)
     b = locate(depth, region(B), CAM, depth_band=0.3)
     assert b.position == pytest.approx(((119.5 - 79.5) * 1.5 / 200, (79.5 - 59.5) * 1.5 / 200, 1.5), abs=1e-6)
-    assert b.extent[0] == pytest.approx(39 * 1.5 / 200, abs=1e-6)
+    assert b.extent[0] == pytest.approx(40 * 1.5 / 200, abs=1e-6)
 
 
 def test_background_inside_the_mask_is_rejected_by_the_depth_band():
@@ -80,9 +80,10 @@ def test_camera_info_and_views():
     assert PinholeCamera.from_k(k, W, H) == CAM
     with pytest.raises(DepthError, match="focal lengths fx=0"):
         PinholeCamera.from_k([0.0] * 9, W, H)
-    check_same_view((480, 640), (240, 320))  # decimated depth: fine
+    half = PinholeCamera(100.0, 100.0, 39.5, 29.5, W // 2, H // 2)
+    check_same_view(CAM, half)  # decimated depth (pixel centres kept): fine
     with pytest.raises(DepthError, match="register depth to colour"):
-        check_same_view((480, 640), (480, 480))
+        check_same_view(CAM, PinholeCamera(100.0, 100.0, 39.5, 29.5, W // 2, H))
     small = mask_to_depth_grid(region(A), (60, 80))
     assert small.shape == (60, 80) and small[5:20, 10:30].all() and small.sum() == 300
 

@@ -1,5 +1,8 @@
 """Scene (objects + depth -> 3D, clouds) and its messages, without a node."""
 
+import math
+import re
+
 import numpy as np
 import pytest
 
@@ -64,7 +67,9 @@ def test_without_depth_objects_have_no_position_and_no_3d_messages():
     out = build_outputs(result, np.zeros((H, W, 3), np.uint8), None, scene=scene)
     assert len(out.segmentation.objects) == 3 and out.segmentation.depth_header.frame_id == ""
     assert not out.segmentation.objects[0].has_position
-    assert out.markers is None and out.positions == {} and out.cloud is None
+    # a frame without depth clears the markers and says each prompt has no position (NaN)
+    assert [m.action for m in out.markers.markers] == [Marker.DELETEALL] and out.cloud is None
+    assert set(out.positions) == {"box", "floor"} and all(math.isnan(p.point.z) for p in out.positions.values())
 
 
 def test_clouds_markers_and_positions_as_messages():
@@ -86,7 +91,7 @@ def test_clouds_markers_and_positions_as_messages():
     assert markers[0].action == Marker.DELETEALL
     cubes = [m for m in markers if m.type == Marker.CUBE]
     assert len(cubes) == 3 and cubes[0].pose.position.z == pytest.approx(1.0)
-    assert cubes[0].scale.x == pytest.approx(39 / 200)
+    assert cubes[0].scale.x == pytest.approx(40 / 200)  # the box's footprint: 40 px at 1 m
     assert set(out.positions) == {"box", "floor"} and out.positions["box"].point.z == pytest.approx(1.0)
     assert out.positions["box"].header.frame_id == "camera_depth_optical_frame"
 
@@ -99,5 +104,6 @@ def test_all_invalid_depth_is_flagged():
 
 
 def test_topic_slugs():
-    assert topic_slug("door handle") == "door_handle" and topic_slug("3 Cups!") == "p_3_cups"
-    assert topic_slug("?!") == "prompt"
+    assert topic_slug("door handle") == "door_handle" and topic_slug("3 cups") == "p_3_cups"
+    assert re.fullmatch(r"p_3_cups_h[0-9a-f]{8}", topic_slug("3 Cups!"))
+    assert re.fullmatch(r"prompt_h[0-9a-f]{8}", topic_slug("?!"))

@@ -4,7 +4,7 @@ per-prompt PointStamped, clouds and markers out; bad depth input leaves the 2D o
 The tiny random model's masks mean nothing, so the scene is made so the answer does not depend
 on them: prompt 'cup' has threshold 0 (its one object is the whole image) and the depth is a
 plane at 2.000 m facing the camera, principal point at the image centre. Its position is then
-(0, 0, 2) exactly, its extent ((W - 1) z / fx, (H - 1) z / fy, 0). 'door handle' has threshold 1
+(0, 0, 2) exactly, its extent (W z / fx, H z / fy, 0) (every pixel's footprint). 'door handle' has threshold 1
 (objects only where the random model saturates).
 """
 
@@ -30,6 +30,7 @@ SEQUENCE = itertools.count()  # stamps never repeat across tests: the node keeps
 H, W, FX, FY = 48, 64, 80.0, 60.0
 COLOUR, DEPTH, INFO = "/rgbd/color/image_raw", "/rgbd/aligned_depth_to_color/image_raw", \
     "/rgbd/aligned_depth_to_color/camera_info"
+COLOUR_INFO = "/rgbd/color/camera_info"
 
 
 @pytest.fixture(scope="module")
@@ -51,6 +52,7 @@ class RgbdCamera:
         self.colour = client.node.create_publisher(Image, COLOUR, 10)
         self.depth = client.node.create_publisher(Image, DEPTH, 10)
         self.info = client.node.create_publisher(CameraInfo, INFO, 10)
+        self.colour_info = client.node.create_publisher(CameraInfo, COLOUR_INFO, 10)
 
     def publish(self, depth_mm=None, encoding="16UC1", info=True, depth_offset_s=0.0, fx=FX):
         seq = next(SEQUENCE)
@@ -66,6 +68,8 @@ class RgbdCamera:
             cam = CameraInfo(width=W, height=H, k=[fx, 0.0, (W - 1) / 2, 0.0, FY, (H - 1) / 2, 0.0, 0.0, 1.0])
             cam.header.frame_id = "rgbd_depth_optical_frame"
             self.info.publish(cam)
+            colour_k = [FX, 0.0, (W - 1) / 2, 0.0, FY, (H - 1) / 2, 0.0, 0.0, 1.0]
+            self.colour_info.publish(CameraInfo(width=W, height=H, k=colour_k))
         colour = cv2_to_imgmsg(make_image(H, W, seq), "rgb8")
         colour.header.frame_id = f"seq:{seq}"
         colour.header.stamp.sec, colour.header.stamp.nanosec = stamp_sec, stamp_ns
@@ -101,8 +105,9 @@ def test_objects_positions_clouds_and_markers(node, client):
     assert cup.prompt == "cup" and cup.prompt_index == 0 and cup.area == H * W
     assert (cup.bbox.x_offset, cup.bbox.y_offset, cup.bbox.width, cup.bbox.height) == (0, 0, W, H)
     assert (cup.position.x, cup.position.y, cup.position.z) == pytest.approx((0.0, 0.0, 2.0), abs=1e-6)
-    assert (cup.extent.x, cup.extent.y, cup.extent.z) == pytest.approx(((W - 1) * 2 / FX, (H - 1) * 2 / FY, 0),
-                                                                      abs=1e-6)
+    # the box covers every pixel's footprint: W x z / fx wide, centred on the image
+    assert (cup.extent.x, cup.extent.y, cup.extent.z) == pytest.approx((W * 2 / FX, H * 2 / FY, 0), abs=1e-6)
+    assert (cup.box_center.x, cup.box_center.y, cup.box_center.z) == pytest.approx((0.0, 0.0, 2.0), abs=1e-6)
     assert cup.valid_depth_fraction == 1.0
     assert seg.depth_header.frame_id == "rgbd_depth_optical_frame" and seg.depth_header.stamp.sec >= 2000
     point = points[-1]
@@ -116,7 +121,7 @@ def test_objects_positions_clouds_and_markers(node, client):
     assert obstacle.point_step == 12 and obstacle.width == int((cloud["label"] == 1).sum())  # x, y, z of the cups
     cubes = [m for m in markers[-1].markers if m.type == Marker.CUBE and m.ns == "cup"]
     assert markers[-1].markers[0].action == Marker.DELETEALL and len(cubes) == 1
-    assert (cubes[0].pose.position.z, cubes[0].scale.x) == pytest.approx((2.0, (W - 1) * 2 / FX))
+    assert (cubes[0].pose.position.z, cubes[0].scale.x) == pytest.approx((2.0, W * 2 / FX))
 
 
 @pytest.mark.parametrize("publish, reason", [
@@ -153,7 +158,8 @@ def test_depth_without_camera_info_and_pairing(client):
     from clipseg_ros.geometry import DepthError
 
     assert camera_info_topic("/cam/aligned_depth_to_color/image_raw") == "/cam/aligned_depth_to_color/camera_info"
-    depth = DepthInput(client.node, "/lonely/depth", "/lonely/camera_info", qos_profile_sensor_data)
+    depth = DepthInput(client.node, "/lonely/depth", "/lonely/camera_info", qos_profile_sensor_data,
+                       "/lonely/camera_info")  # the depth image is the colour image's own view
     try:
         with pytest.raises(DepthError, match="no depth image on /lonely/depth yet"):
             depth.depth_frame(Image().header.stamp, 0.05, (H, W))
@@ -165,7 +171,15 @@ def test_depth_without_camera_info_and_pairing(client):
         depth._on_info(CameraInfo(width=W, height=H, k=[FX, 0.0, 1.0, 0.0, FY, 1.0, 0.0, 0.0, 1.0]))
         frame = depth.depth_frame(msg.header.stamp, 0.0, (H, W))
         assert frame.stamp == (7, 0) and np.all(frame.metres == 1.0)
-        with pytest.raises(DepthError, match="not the 64x64 colour image's view"):
+        with pytest.raises(DepthError, match="is for 64x48 but the colour image is 64x64"):
             depth.depth_frame(msg.header.stamp, 0.0, (64, 64))
+        depth.colour_info_topic = "/lonely/color/camera_info"
+        depth._on_colour_info(CameraInfo(width=2 * W, height=2 * H, k=[2 * FX, 0.0, 2.5, 0.0, 2 * FY, 2.5, 0.0,
+                                                                       0.0, 1.0]))
+        assert depth.depth_frame(msg.header.stamp, 0.0, (2 * H, 2 * W)).camera.fx == FX  # half the colour size
+        depth._on_colour_info(CameraInfo(width=2 * W, height=2 * H, k=[1.5 * FX, 0.0, 2.5, 0.0, 2 * FY, 2.5, 0.0,
+                                                                       0.0, 1.0]))
+        with pytest.raises(DepthError, match="is not the 128x96 colour image's view"):
+            depth.depth_frame(msg.header.stamp, 0.0, (2 * H, 2 * W))
     finally:
         depth.destroy(client.node)
