@@ -183,3 +183,68 @@ def test_depth_without_camera_info_and_pairing(client):
             depth.depth_frame(msg.header.stamp, 0.0, (2 * H, 2 * W))
     finally:
         depth.destroy(client.node)
+
+
+def test_a_depth_edge_through_the_object_keeps_the_frame_and_its_cloud_keeps_one_surface(node, client):
+    """Issue 18, points 1 and 5, black-box: 'cup' is the whole image (threshold 0); its left half
+    is at 1.000 m and its right half at 2.500 m. The median fell in the gap and the frame was
+    dropped whole; every labelled pixel went into the clouds."""
+    camera = RgbdCamera(client)
+    segs = client.collect(Segmentation, f"/{NODE}/segmentation")
+    clouds = client.collect(PointCloud2, f"/{NODE}/obstacle_cloud")
+    depth = np.full((H, W), 2500, np.uint16)
+    depth[:, :W // 2] = 1000
+    out = until(client, camera, segs, count=2, depth_mm=depth)[-1]
+    (cup,) = [o for o in out.objects if o.prompt == "cup"]
+    assert cup.has_position and cup.position.z == pytest.approx(1.0)  # a tie: the nearer surface
+    assert cup.extent.z == 0.0 and cup.extent.x == pytest.approx((W // 2) * 1.0 / FX, abs=1e-6)
+    cloud = wait_for(lambda: next((c for c in clouds if c.header.stamp == out.depth_header.stamp), None), 10,
+                     what="the frame's obstacle cloud")
+    points = cloud_points(cloud)
+    assert len(points) > 0 and np.allclose(points["z"], 1.0)  # none at the background's range
+
+
+def test_lost_objects_and_frames_without_depth_leave_nothing_stale(node, client):
+    """Issue 18, point 8: markers have a lifetime, a frame without usable depth clears them, and
+    a prompt without a 3D object gets a NaN position instead of keeping the last one."""
+    camera = RgbdCamera(client)
+    markers = client.collect(MarkerArray, f"/{NODE}/markers")
+    cups = client.collect(PointStamped, f"/{NODE}/position/cup")
+    until(client, camera, cups, count=1)
+    cube = wait_for(lambda: next((m for a in markers for m in a.markers if m.type == Marker.CUBE), None), 10,
+                    what="a box marker")
+    assert (cube.lifetime.sec, cube.lifetime.nanosec) == (3, 0)  # rate 0: 3 s
+    markers.clear()
+    cups.clear()
+    until(client, camera, cups, count=2, depth_offset_s=0.5)  # depth out of sync: no 3D for these frames
+    assert math.isnan(cups[-1].point.z)
+    wait_for(lambda: markers and [m.action for m in markers[-1].markers] == [Marker.DELETEALL], 10,
+             what="a marker array that only clears")
+
+
+def test_every_prompt_has_its_own_position_topic_and_gone_prompts_lose_theirs(node, client):
+    """Issue 18, point 9: 'Cup' and 'cup', 'door handle' and 'door-handle', a CJK prompt and an
+    emoji shared topics; a publisher stayed for every prompt ever placed."""
+    from clipseg_ros.spatial_messages import topic_slug
+
+    prompts = ["cup", "Cup", "door handle", "door-handle", "杯子", "🍵", "café", "caf"]
+    slugs = [topic_slug(p) for p in prompts]
+    assert len(set(slugs)) == len(prompts)
+    camera = RgbdCamera(client)
+    segs = client.collect(Segmentation, f"/{NODE}/segmentation")
+    try:
+        assert all(r.successful for r in client.set_params(NODE, prompts=prompts))
+
+        def all_topics():
+            camera.publish()
+            return all(client.node.count_publishers(f"/{NODE}/position/{s}") == 1 for s in slugs)
+        wait_for(all_topics, 30, 0.05, "one position topic per prompt")
+    finally:
+        assert all(r.successful for r in client.set_params(NODE, prompts=["cup", "door handle"]))
+
+    def gone():
+        camera.publish()
+        return all(client.node.count_publishers(f"/{NODE}/position/{s}") == 0 for s in slugs
+                   if s not in ("cup", "door_handle"))
+    wait_for(gone, 30, 0.05, "the publishers of the removed prompts destroyed")
+    until(client, camera, segs, count=1)
