@@ -5,8 +5,8 @@
 Model time: the engine's ``segment`` (preprocess, vision, decoder, post-processing) of one frame
 with 8 prompts, random weights with the real rd64-refined architecture. 3D time: what the node
 adds per frame with an aligned depth image: ``build_scene`` (objects of 8 prompts, a 3D position
-per object, the masked cloud of all prompts and an obstacle cloud of 2) and the 3D messages
-(objects, markers, per-prompt positions, both PointCloud2). The masks are synthetic, since the
+per object, the masked cloud of all prompts and an obstacle cloud of 2, the clearing cloud of every valid depth point) and the 3D messages
+(objects, markers, per-prompt positions, the three PointCloud2). The masks are synthetic, since the
 cost depends on their shapes and random weights give none worth the name: per prompt 3 elliptic
 objects of 1-6% of the image; depth is a plane with boxes. Median of ``--repeats`` runs.
 """
@@ -83,7 +83,7 @@ def main(argv=None) -> int:
         engine = SegmentationEngine.from_pretrained(str(make_random_checkpoint(tmp, size=size)), device="cpu",
                                                     dtype="float32")
         prompt_set = engine.make_prompt_set(PROMPTS)
-        options = SceneOptions(cloud=True, obstacle_prompts=("chair", "person"), cloud_stride=4)
+        options = SceneOptions(cloud=True, obstacle_prompts=("chair", "person"), cloud_stride=4, clearing_cloud=True)
         rows = []
         for h, w in [(480, 640), (720, 1280)]:
             image = np.random.default_rng(1).integers(0, 256, (h, w, 3), dtype=np.uint8)
@@ -102,7 +102,7 @@ def main(argv=None) -> int:
                    "messages_3d_ms": round(messages_ms, 2), "added_ms": round(total, 2),
                    "share_of_model": round(total / model_ms, 4),
                    "objects": sum(len(p) for p in scene.objects), "cloud_points": len(scene.cloud),
-                   "obstacle_points": len(scene.obstacle_cloud)}
+                   "obstacle_points": len(scene.obstacle_cloud), "clearing_points": len(scene.clearing_cloud)}
             rows.append(row)
             print(f"{w}x{h}: model {model_ms:.0f} ms; objects {objects_ms:.1f} ms, objects+3D+clouds "
                   f"{scene_ms:.1f} ms, 3D messages {messages_ms:.1f} ms -> {100 * total / model_ms:.1f}% of the "

@@ -6,7 +6,9 @@ model, and how much smoothing reduces flicker. One run, one machine.
 1. IoU of propagated vs true masks on synthetic motion with exact ground truth: a real photo
    (scikit-image's coffee) at 640x480 and an elliptic object mask, moved per frame by a known
    shift (5 and 15 px/frame), rotation or zoom; IoU after 5, 15 and 30 frames (the node's
-   default flow: DIS "fast" on 320 px wide grey frames).
+   default flow: DIS "fast" on 320 px wide grey frames). Then the same shifts with the model's
+   result 6 frames late (the model saw frame 0; frames 1-6 were shown, carried from an earlier
+   model frame, before its result came): IoU after 7, 15 and 30 frames since the model frame.
 2. Cost per propagated frame at 640x480 with 8 prompts: the node's path (carry the masks, label,
    stats, objects, tracks, all output messages with the overlay).
 3. The real node under a 30 Hz 640x480 camera panning over the photo, random rd64-refined
@@ -31,6 +33,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from camera_run import NodeNeverAnswered, end_run, play, retrying, start_node  # noqa: E402
@@ -38,6 +41,7 @@ from results_file import cpu_name, write_results  # noqa: E402
 
 from clipseg_ros.messages import build_outputs  # noqa: E402
 from clipseg_ros.postprocess import result_from_masks  # noqa: E402
+from clipseg_ros.prompts import PromptSet  # noqa: E402
 from clipseg_ros.propagation import FlowOptions, MaskPropagator, TemporalSmoother  # noqa: E402
 from clipseg_ros.scene import SceneOptions, build_scene  # noqa: E402
 from clipseg_ros.spinner import BackgroundSpinner  # noqa: E402
@@ -65,12 +69,28 @@ def motion_ious(picture) -> list[dict]:
         scene = list(moving_scene(picture, mask, 30, **move))
         propagator = MaskPropagator(FlowOptions())
         key = object()
-        propagator.reset(scene[0][0], mask[None], key)
-        ious = [iou(propagator.propagate(frame, key).masks[0], true) for frame, true in scene[1:]]
+        propagator.reset(scene[0][0], mask[None], key, 0.0)
+        ious = [iou(propagator.propagate(frame, key, float(t)).masks[0], true)
+                for t, (frame, true) in enumerate(scene[1:], start=1)]
         in_view = [float((true > 0).mean()) for _, true in scene[1:]]
         rows.append({"motion": name, "iou_after_5": round(ious[4], 3), "iou_after_15": round(ious[14], 3),
                      "iou_after_30": round(ious[29], 3), "object_share_of_frame_at_30": round(in_view[29], 3)})
         print(f"{name}: IoU after 5/15/30 frames {ious[4]:.3f} / {ious[14]:.3f} / {ious[29]:.3f}", flush=True)
+    for name, move, centre in cases[:2]:
+        mask = object_mask(centre)
+        scene = list(moving_scene(picture, mask, 30, **move))
+        propagator = MaskPropagator(FlowOptions())
+        key = object()
+        propagator.reset(scene[0][0], scene[0][1][None], key, -1.0)  # an earlier model frame
+        for t in range(1, 7):  # shown while the model works on frame 0
+            propagator.propagate(scene[t][0], key, float(t))
+        propagator.reset(scene[0][0], scene[0][1][None], key, 0.0)  # its result, 6 frames late
+        ious = {t: iou(propagator.propagate(scene[t][0], key, float(t)).masks[0], scene[t][1])
+                for t in range(7, 31)}
+        rows.append({"motion": f"{name}, model result 6 frames late", "iou_after_7": round(ious[7], 3),
+                     "iou_after_15": round(ious[15], 3), "iou_after_30": round(ious[30], 3)})
+        print(f"{name}, result 6 frames late: IoU after 7/15/30 frames {ious[7]:.3f} / {ious[15]:.3f} / "
+              f"{ious[30]:.3f}", flush=True)
     return rows
 
 
@@ -86,15 +106,15 @@ def propagation_cost(picture, repeats: int = 30) -> dict:
                                 stats=mask_stats(masks, PROMPTS, [0.9] * 8, (H, W), thresholds), threshold=0.4,
                                 image_size=(H, W), thresholds=thresholds)
     frames = [f for f, _ in moving_scene(picture, object_mask(), repeats + 1, shift=(3.0, 1.0))]
-    timeline = CameraTimeline(TemporalOptions(propagate=True))
-    key = object()
+    timeline = CameraTimeline(TemporalOptions(propagate=True, max_model_age=1e9))
+    key = PromptSet(names=tuple(PROMPTS), embeddings=torch.zeros(len(PROMPTS), 4))
     timeline.model_frame(frames[0], result, key, 0.0)
     stages = {"carry": [], "scene+tracks": [], "messages": []}
     for t, frame in enumerate(frames[1:], start=1):
         t0 = time.perf_counter()
-        carried, _ = timeline.propagate(frame, key, float(t))
+        carried, _ = timeline.propagate(frame, key, float(t), thresholds)
         t1 = time.perf_counter()
-        scene = timeline.track(build_scene(carried, None, SceneOptions()), (H, W))
+        scene = timeline.track(build_scene(carried, None, SceneOptions()), (H, W), key)
         t2 = time.perf_counter()
         build_outputs(carried, frame, None, scene=scene)
         t3 = time.perf_counter()

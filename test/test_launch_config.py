@@ -73,8 +73,10 @@ def test_per_camera_lists_are_empty_or_one_per_image_topic():
     settings = NodeSettings.from_values(values)
     assert settings.depth_topic_of(0) is None
     settings = NodeSettings.from_values(dict(values, depth_topics=["/front/depth/image_raw", ""]))
-    assert settings.depth_topic_of(0) == ("/front/depth/image_raw", "/front/depth/camera_info")
+    assert settings.depth_topic_of(0) == ("/front/depth/image_raw", "/front/depth/camera_info", "/front/camera_info")
+    # the colour CameraInfo beside the topic the node really subscribes to (after remapping)
+    assert settings.depth_topic_of(0, "/cam/color/image_raw/compressed")[2] == "/cam/color/camera_info"
     assert settings.depth_topic_of(1) is None
-    for name in ("camera_names", "depth_topics", "camera_info_topics"):
+    for name in ("camera_names", "depth_topics", "camera_info_topics", "image_camera_info_topics"):
         with pytest.raises(ValueError, match=f"{name} has 1 entries for 2 image_topics"):
             NodeSettings.from_values(dict(values, **{name: ["x"]}))
