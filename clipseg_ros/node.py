@@ -22,7 +22,8 @@ import gc
 import itertools
 import sys
 import time
-from dataclasses import dataclass
+from collections import deque
+from dataclasses import dataclass, field
 
 import cv2
 
@@ -74,7 +75,9 @@ class Camera:
     stats: diagnostics.StreamStats
     publishers: OutputPublishers
     timeline: CameraTimeline  # the last model frame, smoothing, tracks
-    latest: object = None  # the newest frame that passed the arrival checks (for ~/teach)
+    latest: object = None  # the newest frame that passed the arrival checks
+    recent: deque = field(default_factory=deque)  # (stamp s, Frame) of the last teach_history frames (for ~/teach)
+    newest: Frame | None = None  # the same, as a Frame (a model result overtaken during inference goes to it)
     depth: DepthInput | None = None  # subscribed while active, when the camera has a depth topic
     received: int = 0  # frames that passed the arrival checks (their sequence numbers)
     published: int = -1  # sequence number of the newest frame published: outputs never go back
@@ -129,6 +132,13 @@ class ClipSegNode(LifecycleNode):
         self._load_error = ""
         self.frames_processed = 0
         self.add_on_set_parameters_callback(self._on_set_parameters)
+        # rclpy stores a parameter's new value after the on-set callback returns, without a lock;
+        # a prompt commit on the helper thread in between would leave the parameter showing one
+        # value while another is active. So the prompt lock is held from the on-set callback to
+        # the post-set one (rclpy >= Iron; without it the window stays, as on Humble).
+        self._parameter_lock_spans_store = hasattr(self, "add_post_set_parameters_callback")
+        if self._parameter_lock_spans_store:
+            self.add_post_set_parameters_callback(lambda params: self.prompt_interfaces.lock.release())
         self._diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self.create_timer(1.0, self._publish_diagnostics)
         if self.settings.lifecycle:
@@ -166,7 +176,8 @@ class ClipSegNode(LifecycleNode):
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         for cam in self.cameras:  # nothing is carried from before a deactivation
             cam.timeline.reset()
-            cam.latest, cam.published, cam.inferring = None, -1, -1
+            cam.latest, cam.newest, cam.published, cam.inferring = None, None, -1, -1
+            cam.recent = deque(maxlen=self.settings.teach_history)
         if self.settings.propagate:
             self._begin_propagation()
         try:
@@ -233,6 +244,8 @@ class ClipSegNode(LifecycleNode):
             if cam.depth is not None:
                 cam.depth.destroy(self)
                 cam.depth = None
+            cam.latest = cam.newest = None  # nothing is taught from before a deactivation
+            cam.recent.clear()
         workers = [w for w in (self._worker, self._propagation_worker) if w is not None]
         for worker in workers:
             worker.request_stop()
@@ -312,19 +325,28 @@ class ClipSegNode(LifecycleNode):
         return {name: plain_value(self.get_parameter_or(name).value) for name, _, _ in parameter_specs()}
 
     def _on_set_parameters(self, params: list[Parameter]) -> SetParametersResult:
-        values = {p.name: plain_value(p.value) for p in params}
+        """Check and apply parameter changes. The prompt lock is taken here and, on success,
+        released by the post-set callback, once rclpy has stored the values."""
+        self.prompt_interfaces.lock.acquire()
+        accepted = False
         try:
-            settings = self.settings.updated(values)
-            self.prompt_interfaces.on_parameters(values)
-        except (PromptError, ValueError) as exc:
-            names = ", ".join(f"{k}={v!r}" for k, v in values.items())
-            self.get_logger().warning(f"rejected {names}: {exc}")
-            return SetParametersResult(successful=False, reason=str(exc))
-        if "num_threads" in values:
-            set_num_threads(values["num_threads"])
-        self.settings = settings
-        self._slots.wake()  # a new rate applies to the next wait
-        return SetParametersResult(successful=True)
+            values = {p.name: plain_value(p.value) for p in params}
+            try:
+                settings = self.settings.updated(values)
+                self.prompt_interfaces.on_parameters(values)
+            except (PromptError, ValueError) as exc:
+                names = ", ".join(f"{k}={v!r}" for k, v in values.items())
+                self.get_logger().warning(f"rejected {names}: {exc}")
+                return SetParametersResult(successful=False, reason=str(exc))
+            if "num_threads" in values:
+                set_num_threads(values["num_threads"])
+            self.settings = settings
+            self._slots.wake()  # a new rate applies to the next wait
+            accepted = True
+            return SetParametersResult(successful=True)
+        finally:
+            if not (accepted and self._parameter_lock_spans_store):
+                self.prompt_interfaces.lock.release()
 
     # ------------------------------------------------------------------ cameras
     def _on_image(self, cam: Camera, msg) -> None:
@@ -342,6 +364,8 @@ class ClipSegNode(LifecycleNode):
         cam.latest = msg
         frame = Frame(cam.spec.index, msg, now, cam.received)
         cam.received += 1
+        cam.newest = frame
+        cam.recent.append((stamp_seconds(msg.header.stamp), frame))
         if self.settings.propagate:
             self._propagation_slots.put(frame)
         cam.stats.on_received(now, self._slots.put(frame))
@@ -399,7 +423,15 @@ class ClipSegNode(LifecycleNode):
             result = self._stage(cam, "smoothing", lambda: cam.timeline.model_frame(rgb, result, prompt_set, stamp),
                                  result)
             outputs = self._frame_outputs(cam, frame, rgb, result, settings, prompt_set)
-            if outputs is not None and self._publish(cam, outputs, frame.sequence):
+            published = outputs is not None and self._publish(cam, outputs, frame.sequence)
+            if not published and outputs is not None and settings.propagate:
+                # Overtaken by newer propagated frames during inference: carry the result to the
+                # camera's newest frame now (through the frames seen since), rather than leave
+                # it to propagation's next, budget-limited cycle.
+                newest = cam.newest
+                published = newest is not None and newest.sequence > frame.sequence and self._propagate_frame(
+                    cam, newest, prompt_set, settings, prompt_set.thresholds_or(settings.threshold))
+            if published:
                 now = time.monotonic()
                 cam.stats.on_published(now, result.timings_ms.get("total", 0.0), (now - frame.received_at) * 1e3)
         self.frames_processed += len(results)
@@ -452,25 +484,28 @@ class ClipSegNode(LifecycleNode):
             return
         thresholds = prompt_set.thresholds_or(settings.threshold)
         for frame in batch:
-            cam = cameras[frame.camera]
-            stamp = stamp_seconds(frame.message.header.stamp)
-            try:
-                rgb = read_rgb8(frame.message)
-                result, source = cam.timeline.propagate(rgb, prompt_set, stamp, thresholds)
-            except ImageConversionError:
-                continue  # the model's thread reports unreadable frames
-            except PropagationStopped as exc:
-                if "not newer" not in str(exc) and "no model frame" not in str(exc):
-                    self.log.warning(f"{cam.spec.name}:propagation:{problem_kind(str(exc))}",
-                                     f"{cam.spec.name}: propagation stopped until the next model frame: {exc}")
-                continue
-            outputs = self._frame_outputs(cam, frame, rgb, result, settings, prompt_set)
-            if outputs is None:
-                continue
-            for msg in (outputs.segmentation, outputs.confidences):
-                msg.propagated, msg.model_frame_age = True, float(stamp - source.stamp)
-                msg.frames_since_model = int(source.frames)
-            self._publish(cam, outputs, frame.sequence, propagated=True)
+            self._propagate_frame(cameras[frame.camera], frame, prompt_set, settings, thresholds)
+
+    def _propagate_frame(self, cam: Camera, frame: Frame, prompt_set, settings: NodeSettings, thresholds) -> bool:
+        """The last model masks carried to ``frame`` and published (flagged propagated); whether it went out."""
+        stamp = stamp_seconds(frame.message.header.stamp)
+        try:
+            rgb = read_rgb8(frame.message)
+            result, source = cam.timeline.propagate(rgb, prompt_set, stamp, thresholds)
+        except ImageConversionError:
+            return False  # the model's thread reports unreadable frames
+        except PropagationStopped as exc:
+            if "not newer" not in str(exc) and "no model frame" not in str(exc):
+                self.log.warning(f"{cam.spec.name}:propagation:{problem_kind(str(exc))}",
+                                 f"{cam.spec.name}: propagation stopped until the next model frame: {exc}")
+            return False
+        outputs = self._frame_outputs(cam, frame, rgb, result, settings, prompt_set)
+        if outputs is None:
+            return False
+        for msg in (outputs.segmentation, outputs.confidences):
+            msg.propagated, msg.model_frame_age = True, float(stamp - source.stamp)
+            msg.frames_since_model = int(source.frames)
+        return self._publish(cam, outputs, frame.sequence, propagated=True)
 
     def _depth_for(self, cam: Camera, stamp, colour_size, settings: NodeSettings) -> DepthFrame | None:
         """The depth image paired with a colour frame, or None (without depth configured, or

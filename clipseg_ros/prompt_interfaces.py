@@ -11,6 +11,7 @@ into the prompt parameters, logged and saved, as one step under one lock.
 from __future__ import annotations
 
 import threading
+import time
 
 from geometry_msgs.msg import PolygonStamped
 from rclpy.node import Node
@@ -34,6 +35,12 @@ from clipseg_ros.spinner import BackgroundSpinner
 from clipseg_ros.throttled_log import problem_kind
 
 
+def unexpected(exc: Exception) -> str:
+    """An unexpected failure as one line: its type and first line."""
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"
+
+
 class PromptInterfaces:
     """Owns the prompt topics, services and store of ``node`` (a ClipSegNode: its settings,
     logger, parameters and cameras). :meth:`start` at configure, :meth:`stop` at cleanup."""
@@ -45,7 +52,8 @@ class PromptInterfaces:
         store_dir = node.settings.prompt_store
         self._store = PromptStore(store_dir) if store_dir else None
         self._store_failing = False  # warn once per run of failed saves
-        self._store_restored = False  # the store is read by the first configure only
+        self._store_restored = False  # the store is read by the first configure only; no save before
+        self._store_kept = ""  # why the store is left as it is this run ('' = it follows the active prompts)
         self._prompt_image_node: Node | None = None  # the helper serving what embeds example images
         self._prompt_image_spinner: BackgroundSpinner | None = None
         self._prompt_topic = None  # ~/prompts, created by start, destroyed by stop
@@ -107,29 +115,46 @@ class PromptInterfaces:
         """For diagnostics: the store's directory, and whether the last save failed."""
         if self._store is None:
             return "none"
+        if self._store_kept:
+            return f"{self._store.directory} (kept as it is, not written this run: {self._store_kept})"
         return str(self._store.directory) + (" (last save failed)" if self._store_failing else "")
 
     def restore_store(self) -> PromptState | None:
         """Make the prompt store's content active (it takes precedence over the prompt
-        parameters); None when there is no store or it holds nothing usable. A store that cannot
-        be read back, or whose prompts cannot be used, is moved aside with one warning."""
+        parameters); None when there is no store or it holds nothing usable, with one warning:
+        a store that cannot be read back exactly (damaged) is moved aside; one that cannot be read
+        now (permissions, I/O) or whose prompts do not apply with these parameters (e.g. more
+        than max_prompts) is kept as it is and not written this run."""
         if self._store is None or self._store_restored:
             return None  # after a cleanup the book kept what was active; the store holds the same
         self._store_restored = True
+        directory = self._store.directory
         try:
             stored = self._store.load()
             if stored is None:
-                self.node.get_logger().info(f"prompt store {self._store.directory}: empty, starting with the prompt "
-                                       "parameters")
+                self.node.get_logger().info(f"prompt store {directory}: empty, starting with the prompt parameters")
                 return None
-            state = self.book.apply(self.book.restoring(stored))
-        except (StoreCorrupt, PromptError) as exc:
+        except StoreError as exc:  # cannot be read now (permissions, I/O): not damaged
+            self._store_kept = str(exc)
+            self.node.get_logger().warning(f"prompt store {directory} not used: {exc}. It is kept as it is and not "
+                                           f"written this run; starting with the prompt parameters "
+                                           f"{list(self.book.state.names)}")
+            return None
+        except StoreCorrupt as exc:  # cannot be read back exactly: damaged
             try:
                 aside = f"moved aside to {self._store.set_aside()}"
             except StoreError as move_exc:
                 aside = f"left in place ({move_exc}); it will be overwritten by the next change"
-            self.node.get_logger().warning(f"prompt store {self._store.directory} not used: {exc}. It was {aside}; "
-                                      f"starting with the prompt parameters {list(self.book.state.names)}")
+            self.node.get_logger().warning(f"prompt store {directory} not used: {exc}. It was {aside}; "
+                                           f"starting with the prompt parameters {list(self.book.state.names)}")
+            return None
+        try:
+            state = self.book.apply(self.book.restoring(stored))
+        except PromptError as exc:  # readable, but not applicable with these parameters (e.g. max_prompts)
+            self._store_kept = str(exc)
+            self.node.get_logger().warning(f"prompt store {directory} holds {list(stored.names)}, not applicable now: "
+                                           f"{exc}. It is kept as it is and not written this run; starting with the "
+                                           f"prompt parameters {list(self.book.state.names)}")
             return None
         self.node.get_logger().info(f"prompt store {self._store.directory}: restored {list(state.names)} (the store "
                                "takes precedence over the prompt parameters)")
@@ -176,7 +201,10 @@ class PromptInterfaces:
         self.save(state)
 
     def save(self, state: PromptState) -> None:
-        if self._store is None:
+        # Before the first configure the store has not been read yet: writing then would replace
+        # what configure is about to restore. A store kept as it is (unreadable now, or not
+        # applicable with these parameters) is not overwritten either.
+        if self._store is None or not self._store_restored or self._store_kept:
             return
         try:
             self._store.save(stored_prompts(state))
@@ -202,6 +230,9 @@ class PromptInterfaces:
             self.commit(PromptChange(texts=texts_from_topic(msg.data)))
         except PromptError as exc:
             self.node.log.warning(f"prompts_topic:{msg.data[:40]!r}", f"~/prompts {exc}")
+        except Exception as exc:  # noqa: BLE001 - the executor must go on serving
+            self.node.log.error(f"prompts_topic:{type(exc).__name__}", f"~/prompts failed: "
+                                f"{unexpected(exc)}")
 
     def _embedded(self, request: ExampleRequest) -> ImagePrompt:
         """Embed one example (a full vision pass: called on the prompt-image thread only)."""
@@ -216,6 +247,9 @@ class PromptInterfaces:
             self.commit(PromptChange(added_images=(self._embedded(request),)))
         except PromptError as exc:
             self.node.log.warning(f"prompt_image:{problem_kind(str(exc))}", f"~/prompt_image '{name}' refused: {exc}")
+        except Exception as exc:  # noqa: BLE001 - the helper thread must live on
+            self.node.log.error(f"prompt_image:{type(exc).__name__}",
+                                f"~/prompt_image '{name}' failed: {unexpected(exc)}")
 
     def _serve(self, service: str, response, change, report):
         """One prompt service call: ``change()`` commits and returns (state, message), or raises
@@ -227,6 +261,10 @@ class PromptInterfaces:
         except PromptError as exc:
             self.node.get_logger().warning(f"{service} refused: {exc}")
             response.success, response.message, state = False, str(exc), self.book.state
+        except Exception as exc:  # noqa: BLE001 - e.g. CUDA out of memory while embedding: answer, live on
+            reason = unexpected(exc)
+            self.node.get_logger().error(f"{service} failed: {reason}")
+            response.success, response.message, state = False, f"failed: {reason}", self.book.state
         report(response, state)
         return response
 
@@ -264,27 +302,45 @@ class PromptInterfaces:
         raise PromptError(f"unknown camera '{selector}': one of {[c.spec.name for c in cameras]} (or their "
                           "image topics)")
 
-    def _newest_frame(self, cam):
-        """The camera's newest frame as (message, RGB array); PromptError when there is none."""
-        msg = cam.latest
-        if msg is None:
+    def _teaching_frame(self, cam, stamp=None):
+        """The frame a region was drawn on as (message, RGB array): the one stamped ``stamp``
+        (a builtin_interfaces Time; zero or None: the newest) among the camera's last
+        ``teach_history`` frames. PromptError when there is none, when that frame is no longer
+        kept, or when it was received more than ``teach_max_age`` s ago."""
+        recent = list(cam.recent)  # a copy: the executor appends meanwhile
+        if not recent:
             raise PromptError(f"no frame from camera '{cam.spec.name}' ({cam.spec.resolved_topic}) yet"
                               + ("" if self.node._camera_subscriptions else ": the node is not active"))
+        wanted = None if stamp is None or (stamp.sec == 0 and stamp.nanosec == 0) else stamp.sec + stamp.nanosec * 1e-9
+        if wanted is None:
+            frame = recent[-1][1]
+        else:
+            frame = next((f for s, f in reversed(recent) if s == wanted), None)
+            if frame is None:
+                raise PromptError(f"camera '{cam.spec.name}' has no frame stamped {wanted:.9f} any more (it keeps the "
+                                  f"last {len(recent)}, stamped {recent[0][0]:.3f} to {recent[-1][0]:.3f}): draw on a "
+                                  "newer frame")
+        age = time.monotonic() - frame.received_at
+        if age > self.node.settings.teach_max_age:
+            raise PromptError(f"the frame of camera '{cam.spec.name}' to teach from was received {age:.1f} s ago "
+                              f"(teach_max_age {self.node.settings.teach_max_age:g} s)")
+        msg = frame.message
         try:
             return msg, read_rgb8(msg)
         except ImageConversionError as exc:
             raise PromptError(f"the newest frame of camera '{cam.spec.name}' cannot be read: {exc}") from exc
 
     def _teach(self, camera: str, name: str, region_of, text: str = "", text_weight: float = 0.0,
-               style: str = "") -> tuple[PromptState, ExampleRequest]:
-        """Take the camera's newest frame, build the prompt image from the region that
-        ``region_of(image_size)`` returns (box, mask), embed it and add it under ``name``."""
+               style: str = "", stamp=None) -> tuple[PromptState, ExampleRequest]:
+        """Take the camera's frame stamped ``stamp`` (zero or None: its newest), build the prompt
+        image from the region that ``region_of(image_size)`` returns (box, mask), embed it and
+        add it under ``name``."""
         name = name.strip()
         if not name:
             raise PromptError("the prompt has no name")
         self.book.check(PromptChange(added_images=(ImagePrompt(name),)))  # before the costly part
         cam = self._camera_for(camera)
-        _, rgb = self._newest_frame(cam)
+        _, rgb = self._teaching_frame(cam, stamp)
         box, mask = region_of(rgb.shape[:2])
         request = example_request(name, rgb, box, mask, style or self.node.settings.visual_prompt_style, text, text_weight)
         if not request.example.has_region:
@@ -303,7 +359,7 @@ class PromptInterfaces:
 
         def change():
             state, taught = self._teach(request.camera, request.name, region, request.text, request.text_weight,
-                                        request.style)
+                                        request.style, request.stamp)
             response.prompt_image = prompt_image_msg(taught.name, taught.example)
             return state, f"'{taught.name}' taught; {len(state.names)} prompts active"
         return self._serve("~/teach", response, change, self._report_names)
@@ -316,9 +372,13 @@ class PromptInterfaces:
             if not self.node.settings.teach_name.strip():
                 raise PromptError("set the teach_name parameter to the name to teach first")
             self._teach(msg.header.frame_id, self.node.settings.teach_name,
-                        lambda size: region_from_polygon(points, size, self.node.settings.teach_point_size))
+                        lambda size: region_from_polygon(points, size, self.node.settings.teach_point_size),
+                        stamp=msg.header.stamp)
         except PromptError as exc:
             self.node.log.warning(f"teach_region:{problem_kind(str(exc))}", f"~/teach_region refused: {exc}")
+        except Exception as exc:  # noqa: BLE001 - the helper thread must live on
+            self.node.log.error(f"teach_region:{type(exc).__name__}",
+                                f"~/teach_region failed: {unexpected(exc)}")
 
     def _on_set_thresholds(self, request: SetThresholds.Request,
                            response: SetThresholds.Response) -> SetThresholds.Response:

@@ -72,6 +72,9 @@ def example_request(name: str, image: np.ndarray, box: Box | None, mask: np.ndar
     except RegionError as exc:
         raise PromptError(f"image prompt '{name}': {exc}") from exc
     text = str(text).strip()
+    if not text and float(text_weight) != 0.0:
+        raise PromptError(f"image prompt '{name}': text_weight {float(text_weight):g} without a text to mix in (give "
+                          "the text, or leave the weight 0)")
     return ExampleRequest(name, example, text, text_weight_from_request(text_weight) if text else DEFAULT_TEXT_WEIGHT)
 
 
@@ -169,5 +172,9 @@ def thresholds_from_request(names: Sequence[str], values: Sequence[float]) -> di
             raise PromptError("a prompt name is empty")
         if name in found:
             raise PromptError(f"'{name}' is given twice")
-        found[name] = None if math.isnan(value) else check_threshold(name, value)
+        # The request's float32 (0.2 arrives as 0.20000000298): the shortest decimal that is the
+        # same float32, i.e. what the caller wrote, so that the active value, the parameter and
+        # the store agree (ceil(0.20000000298 * 255) is 52, ceil(0.2 * 255) is 51).
+        found[name] = None if math.isnan(value) else check_threshold(name, float(
+            np.format_float_positional(np.float32(value), unique=True, trim="-")))
     return found

@@ -88,13 +88,14 @@ class PromptStore:
     # -------------------------------------------------------------- reading
     def load(self) -> StoredPrompts | None:
         """The stored prompts; None when there is no store yet (no directory or no
-        ``prompts.json``). StoreCorrupt when it exists but cannot be read back exactly."""
+        ``prompts.json``). StoreCorrupt when it exists but cannot be read back exactly (damaged);
+        StoreError when it cannot be read now (permissions, an I/O error: not its content's fault)."""
         try:
             raw = self.path.read_bytes()
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):  # no store (yet); saving will say why if it cannot
             return None
         except OSError as exc:
-            raise StoreCorrupt(f"cannot read {self.path}: {exc}") from exc
+            raise StoreError(f"cannot read {self.path} now: {exc}") from exc
         try:
             doc = json.loads(raw.decode("utf-8"))
             stored, files = _from_document(doc, self.directory)
@@ -263,8 +264,10 @@ def _read_png(directory: Path, relative, name: str) -> np.ndarray:
     path = directory / relative
     try:
         data = path.read_bytes()
+    except FileNotFoundError as exc:
+        raise StoreCorrupt(f"image prompt {name!r}: {path} is missing") from exc
     except OSError as exc:
-        raise StoreCorrupt(f"image prompt {name!r}: cannot read {path}: {exc}") from exc
+        raise StoreError(f"image prompt {name!r}: cannot read {path} now: {exc}") from exc
     if hashlib.sha256(data).hexdigest() != Path(relative).stem:
         raise StoreCorrupt(f"image prompt {name!r}: {path} does not match its checksum (changed or damaged)")
     pixels = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)

@@ -121,8 +121,11 @@ class PromptState:
         return dict(self.thresholds).get(name)
 
     def same_prompts(self, other: "PromptState") -> bool:
-        """Whether both segment with the same embeddings (only thresholds or the limit differ)."""
-        return (self.texts, self.images, self.template) == (other.texts, other.images, other.template)
+        """Whether both segment with the same embeddings (only thresholds or the limit differ):
+        same texts and template, and image prompts with the same names, texts and weights whose
+        embeddings are the very same tensors (an image re-taught under its name is a new one)."""
+        return ((self.texts, self.images, self.template) == (other.texts, other.images, other.template)
+                and all(a.embedding is b.embedding for a, b in zip(self.images, other.images)))
 
 
 class Embedder(Protocol):
@@ -226,8 +229,10 @@ def thresholds_from_parameter(entries: Sequence[str] | None) -> dict[str, float]
 
 
 def thresholds_to_parameter(thresholds: Sequence[tuple[str, float]]) -> list[str]:
-    """The ``prompt_thresholds`` parameter's value for ``PromptState.thresholds``."""
-    return [f"{name}={value:g}" for name, value in thresholds]
+    """The ``prompt_thresholds`` parameter's value for ``PromptState.thresholds``: each value
+    written so that it parses back to exactly the same float (``:g`` kept 6 digits, and the
+    mirror's re-parse committed a second, different value)."""
+    return [f"{name}={np.format_float_positional(float(value), unique=True, trim='-')}" for name, value in thresholds]
 
 
 def check_text_weight(name: str, weight: float) -> float:

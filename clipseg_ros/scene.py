@@ -14,7 +14,7 @@ import numpy as np
 
 from clipseg_ros.geometry import (NO_POSITION, MaskedCloud, PinholeCamera, Position3D, depth_cloud, locate_pixels,
                                 masked_cloud, strided_grid)
-from clipseg_ros.grids import centre_indices, resample_nearest
+from clipseg_ros.grids import centre_indices
 from clipseg_ros.objects import DetectedObject, find_objects
 from clipseg_ros.postprocess import SegmentationResult
 from clipseg_ros.tracking import TrackId
@@ -88,19 +88,14 @@ def build_scene(result: SegmentationResult, depth: DepthFrame | None, options: S
                          min_area=options.min_object_area, max_objects=options.max_objects)
     if depth is None:
         return Scene(tuple(tuple(SceneObject(o, NO_POSITION) for o in p.objects) for p in found))
-    dh, dw = depth.metres.shape
     all_invalid = not bool(np.isfinite(depth.metres).any())
-    placed, depth_components = [], []
-    for prompt_objects in found:
-        grid = prompt_objects.components
-        components = resample_nearest(grid, (dh, dw)) if prompt_objects.objects else None
-        depth_components.append(components)
-        placed.append(tuple(SceneObject(o, _locate(depth, components, o, grid.shape, options.depth_band))
-                            for o in prompt_objects.objects))
+    placed = [tuple(SceneObject(o, _locate(depth, p.components, o, options.depth_band)) for o in p.objects)
+              for p in found]
+    grid_components_of = [p.components if p.objects else None for p in found]
     names = list(result.prompts)
     cloud = obstacle = clearing = None
     if options.cloud or options.obstacle_prompts:
-        keep = _on_surfaces(result, depth, placed, depth_components, options.cloud_stride)
+        keep = _on_surfaces(result, depth, placed, grid_components_of, options.cloud_stride)
         if options.cloud:
             wanted = options.cloud_prompts or tuple(names)
             cloud = _cloud(result, depth, options, [names.index(n) + 1 for n in wanted if n in names], keep)
@@ -112,10 +107,11 @@ def build_scene(result: SegmentationResult, depth: DepthFrame | None, options: S
     return Scene(tuple(placed), depth, cloud, obstacle, clearing, all_invalid)
 
 
-def _locate(depth: DepthFrame, components: np.ndarray, obj: DetectedObject, grid: tuple[int, int],
-            depth_band: float) -> Position3D:
-    """The object's 3D position, looking only inside its box (on the depth grid)."""
+def _locate(depth: DepthFrame, grid_components: np.ndarray, obj: DetectedObject, depth_band: float) -> Position3D:
+    """The object's 3D position, looking only inside its box (on the depth grid: each depth
+    pixel takes the component under its centre, as :func:`grids.resample_nearest`)."""
     dh, dw = depth.metres.shape
+    grid = grid_components.shape
     x, y, w, h = obj.grid_bbox
     sx, sy = dw / grid[1], dh / grid[0]
     # depth pixels whose centre falls in grid pixels x .. x + w - 1 (the rule of resample_nearest)
@@ -124,12 +120,13 @@ def _locate(depth: DepthFrame, components: np.ndarray, obj: DetectedObject, grid
     # A large object is sampled on a regular grid of at most LOCATE_MAX_PIXELS pixels, each sample
     # standing for the step x step pixels it starts: the median hardly moves, the box is the same.
     step = max(1, math.ceil(math.sqrt(max(0, y1 - y0) * max(0, x1 - x0) / LOCATE_MAX_PIXELS)))
-    vs, us = np.nonzero(components[y0:y1:step, x0:x1:step] == obj.component)
+    window = grid_components[np.ix_(centre_indices(dh, grid[0])[y0:y1:step], centre_indices(dw, grid[1])[x0:x1:step])]
+    vs, us = np.nonzero(window == obj.component)
     return locate_pixels(depth.metres, vs * step + y0, us * step + x0, depth.camera, depth_band,
                          step=step, window_end=(y1, x1))
 
 
-def _on_surfaces(result: SegmentationResult, depth: DepthFrame, placed: list, depth_components: list,
+def _on_surfaces(result: SegmentationResult, depth: DepthFrame, placed: list, grid_components_of: list,
                  stride: int) -> np.ndarray:
     """(rows, columns) bool on the clouds' strided grid: the pixel is on the surface of an
     object of the prompt it is labelled with (what :func:`masked_cloud` then keeps)."""
@@ -139,10 +136,11 @@ def _on_surfaces(result: SegmentationResult, depth: DepthFrame, placed: list, de
                                     centre_indices(dw, result.label.shape[1])[cols])]
     keep = np.zeros((rows.size, cols.size), bool)
     sub_depth = depth.metres[np.ix_(rows, cols)]
-    for k, (objects, components) in enumerate(zip(placed, depth_components)):
+    for k, (objects, components) in enumerate(zip(placed, grid_components_of)):
         if components is None:
             continue
-        sub = np.where(sub_label == k + 1, components[np.ix_(rows, cols)], 0)
+        sub = np.where(sub_label == k + 1, components[np.ix_(centre_indices(dh, components.shape[0])[rows],
+                                                             centre_indices(dw, components.shape[1])[cols])], 0)
         for placed_object in objects:
             surface = placed_object.location.surface
             if surface is None:

@@ -58,6 +58,12 @@ def parameter_specs() -> list[tuple[str, object, ParameterDescriptor]]:
         ("visual_prompt_style", DEFAULT_STYLE, desc("how a marked example becomes a prompt image: "
                                                     + " | ".join(STYLES), S)),
         ("teach_name", "", desc("name given to a prompt taught by drawing on ~/teach_region", S)),
+        ("teach_history", 30, desc("frames kept per camera for teaching: a region drawn on one of them (named by "
+                                   "its stamp) is taught from it", I, True,
+                                   integer_range=[IntegerRange(from_value=1, to_value=1000, step=1)])),
+        ("teach_max_age", 10.0, desc("s: a frame received longer ago than this is not taught from", D,
+                                     floating_point_range=[FloatingPointRange(from_value=0.1, to_value=3600.0,
+                                                                              step=0.0)])),
         ("teach_point_size", 64, desc("side in pixels of the box a single clicked point on ~/teach_region "
                                       "stands for", I,
                                       integer_range=[IntegerRange(from_value=1, to_value=4096, step=1)])),
@@ -176,6 +182,8 @@ class NodeSettings:
     visual_prompt_style: str
     teach_name: str
     teach_point_size: int
+    teach_history: int
+    teach_max_age: float
     depth_topics: tuple[str, ...]
     camera_info_topics: tuple[str, ...]
     image_camera_info_topics: tuple[str, ...]

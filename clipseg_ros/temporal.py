@@ -9,6 +9,7 @@ makes each call atomic, so a propagated frame never mixes two model frames.
 from __future__ import annotations
 
 import itertools
+import math
 import threading
 from dataclasses import dataclass, replace
 from typing import Iterator
@@ -89,6 +90,7 @@ class CameraTimeline:
         self._result: SegmentationResult | None = None
         self._key = None
         self._not_newer = 0  # frames in a row not newer than the model frame
+        self._carried_stamp = -math.inf  # of the newest frame carried (each frame is carried once)
         self.model_stamp: float | None = None  # of the last model frame
         self.stopped = "no model frame yet"  # why propagation is not running ('' while it is)
         self.propagated_frames = 0
@@ -103,7 +105,7 @@ class CameraTimeline:
                 self._smoother = TemporalSmoother(self.options.smoothing, self.options.flow)
             self._tracker = ObjectTracker(max_missed=self.options.max_missed, ids=self._track_ids)
             self._result = self._key = self.model_stamp = self.last_age = None
-            self._not_newer = 0
+            self._not_newer, self._carried_stamp = 0, -math.inf
             self.stopped = "no model frame yet"
 
     def model_frame(self, rgb: np.ndarray, result: SegmentationResult, prompt_set, stamp: float) -> SegmentationResult:
@@ -137,6 +139,8 @@ class CameraTimeline:
                                     f"(stamp {stamp:.3f} s): the camera's stamps do not increase")
                 raise PropagationStopped("the frame is not newer than the model frame")
             self._not_newer = 0
+            if stamp <= self._carried_stamp:  # the other thread carried it (or a newer one) already
+                raise PropagationStopped("the frame is not newer than the last carried frame")
             if self.model_stamp is not None and stamp - self.model_stamp > self.options.max_model_age:
                 self._propagator.remember(rgb, stamp)  # a later model frame may chain through it
                 self.stopped = (f"the last model frame is {stamp - self.model_stamp:.1f} s older than the frame "
@@ -148,6 +152,7 @@ class CameraTimeline:
                 self.stopped = str(exc)
                 raise
             self.stopped = ""
+            self._carried_stamp = stamp
             self.propagated_frames += 1
             self.last_age = stamp - self.model_stamp
             like = replace(self._result, thresholds=tuple(thresholds))

@@ -17,8 +17,10 @@ rclpy = pytest.importorskip("rclpy")
 from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
 from lifecycle_msgs.msg import State, Transition  # noqa: E402
 from lifecycle_msgs.srv import ChangeState, GetState  # noqa: E402
+from rcl_interfaces.msg import SetParametersResult  # noqa: E402
 from rclpy.lifecycle import TransitionCallbackReturn  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
+from sensor_msgs.msg import Image  # noqa: E402
 from std_msgs.msg import String  # noqa: E402
 
 from clipseg_ros.conversions import cv2_to_imgmsg  # noqa: E402
@@ -479,3 +481,73 @@ def test_a_shutdown_between_two_waits_is_a_normal_end_of_spinning(monkeypatch):
         process.spin_until_shutdown(other)
     other.destroy_node()
     live.shutdown()
+
+
+def test_an_unexpected_failure_answers_the_request_and_the_prompt_helper_lives_on(live_node, client):
+    """Issue 19, point 4: the helper's callbacks caught only PromptError; a CUDA out-of-memory
+    while embedding escaped spin_once, and from then on ~/set_prompts, ~/teach, ~/prompt_image and
+    ~/teach_region hung."""
+    node, cam, segs = live_node
+    srv = client.node.create_client(SetPrompts, "/clipseg_inproc/set_prompts")
+    example = cv2_to_imgmsg(np.full((16, 16, 3), 90, np.uint8), "rgb8")
+    real = node.engine.embed_image
+
+    def out_of_memory(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+
+    node.engine.embed_image = out_of_memory
+    pub = client.node.create_publisher(Image, "/clipseg_inproc/prompt_image", 10)
+    wait_for(lambda: pub.get_subscription_count() > 0, 30, what="the prompt image subscriber")
+    example.header.frame_id = "mug"
+    pub.publish(example)  # fails on the helper thread: logged, the helper goes on
+    reply = client.call(srv, SetPrompts.Request(prompts=["cup"], image_prompts=[example], image_prompt_names=["mug"]))
+    assert not reply.success and "OutOfMemoryError" in reply.message
+    assert list(reply.active_prompts) == ["cup", "door handle"]  # nothing changed
+    node.engine.embed_image = real
+    reply = client.call(srv, SetPrompts.Request(prompts=["cup"], image_prompts=[example], image_prompt_names=["mug"]))
+    assert reply.success and list(reply.active_prompts) == ["cup", "mug"]
+    assert list(cam.publish_until(segs, 1)[-1].prompts) == ["cup", "mug"]
+
+
+def test_the_prompt_parameters_always_show_what_is_active(live_node, client):
+    """Issue 19, point 6: rclpy stores a parameter's new value after the on-set callback returns,
+    unlocked; a commit on the helper thread in that window left `prompts` showing ['b'] while
+    ['a'] was active. (The window is widened here by a slow on-set callback after the node's.)"""
+    from clipseg_ros.prompts import PromptChange
+
+    node, cam, segs = live_node
+    in_window = threading.Event()
+
+    def slow_store(params):
+        in_window.set()
+        time.sleep(0.3)
+        return SetParametersResult(successful=True)
+
+    node._on_set_parameters_callbacks.append(slow_store)  # runs after the node's own, before the store
+    setter = threading.Thread(target=lambda: node.set_parameters([Parameter("prompts", value=["b"])]))
+    setter.start()
+    assert in_window.wait(10)
+    node._on_set_parameters_callbacks.remove(slow_store)
+    node.prompt_interfaces.commit(PromptChange(texts=("a",)))  # e.g. ~/set_prompts on the helper thread
+    setter.join(10)
+    assert list(node.prompts.state.texts) == ["a"]
+    assert node.get_parameter("prompts").value == ["a"]
+
+
+def test_a_threshold_by_service_is_committed_once_with_the_value_sent(live_node, client):
+    """Issue 19, point 6: ~/set_thresholds committed twice (the mirror's ':g' text of the float32
+    value parsed back as another value), storing 0.20000000298 (52 as ceil(t * 255)) beside an
+    active rounded 0.2 (51)."""
+    from clipseg_ros_interfaces.srv import SetThresholds
+
+    node, cam, segs = live_node
+    applied = []
+    real_apply = node.prompts.apply
+    node.prompts.apply = lambda change: applied.append(change) or real_apply(change)
+    srv = client.node.create_client(SetThresholds, "/clipseg_inproc/set_thresholds")
+    reply = client.call(srv, SetThresholds.Request(prompts=["cup"], thresholds=[0.2]))
+    assert reply.success and list(reply.thresholds) == ["cup=0.2"]
+    assert len(applied) == 1
+    assert node.prompts.state.thresholds == (("cup", 0.2),)
+    assert node.get_parameter("prompt_thresholds").value == ["cup=0.2"]
+    assert cam.publish_until(segs, 1)[-1].confidences[0].threshold == pytest.approx(0.2)

@@ -305,3 +305,30 @@ def test_compressed_input_through_a_remap_as_the_launch_file_does(tiny_checkpoin
         assert list(out.prompts) == ["cup"] and (out.masks[0].height, out.masks[0].width) == (30, 40)
     finally:
         assert_clean_exit(proc, proc.stop())
+
+
+def test_re_teaching_a_name_changes_its_masks(node, client):
+    """Issue 19, point 1: the same name with a new image, nothing else changed, kept the old
+    embedding (ImagePrompt equality skips it): success and the new image stored, the old masks."""
+    segs = client.collect(Segmentation, f"/{NODE}/segmentation")
+    srv = client.node.create_client(SetPrompts, f"/{NODE}/set_prompts")
+    example_a = cv2_to_imgmsg(make_image(30, 30, 21), "rgb8")
+    example_b = cv2_to_imgmsg(make_image(30, 30, 22), "rgb8")
+    try:
+        assert client.call(srv, SetPrompts.Request(prompts=["cup"], image_prompts=[example_a],
+                                                   image_prompt_names=["mug"])).success
+        with_a = segment_fixed_frame(client, segs, "retaught a", ["cup", "mug"])
+        assert client.call(srv, SetPrompts.Request(prompts=["cup"], image_prompts=[example_b],
+                                                   image_prompt_names=["mug"])).success
+        with_b = segment_fixed_frame(client, segs, "retaught b", ["cup", "mug"])
+        assert not np.array_equal(with_b["mug"], with_a["mug"]) and np.array_equal(with_b["cup"], with_a["cup"])
+        # by ~/prompt_image too: same name, another image
+        pub = client.node.create_publisher(Image, f"/{NODE}/prompt_image", 10)
+        wait_for(lambda: pub.get_subscription_count() > 0, 30, what="the prompt image subscriber")
+        example_a.header.frame_id = "mug"
+        pub.publish(example_a)
+        wait_for(lambda: np.array_equal(segment_fixed_frame(client, segs, f"retaught c{len(segs)}",
+                                                            ["cup", "mug"])["mug"], with_a["mug"]),
+                 30, 0, "the first image's masks back")
+    finally:
+        assert client.call(srv, SetPrompts.Request(prompts=["cup", "door handle"])).success

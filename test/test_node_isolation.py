@@ -130,7 +130,6 @@ def test_propagation_work_runs_on_its_own_thread_and_the_switch_interval_is_rest
     time the budget counts. While propagation runs OpenCV stays on the calling thread, so the
     thread's own CPU time is the process's."""
     node = live
-    assert sys.getswitchinterval() == pytest.approx(0.0005) and cv2.getNumThreads() == 1
     rng = np.random.default_rng(1)
     from clipseg_ros.propagation import MaskPropagator
     from clipseg_ros.synthetic_motion import panning_camera
@@ -153,6 +152,7 @@ def test_propagation_work_runs_on_its_own_thread_and_the_switch_interval_is_rest
     thread.start()
     thread.join(60)
     assert measured["thread"] >= 0.8 * measured["process"], measured  # the rest: the idle node's own threads
+    assert sys.getswitchinterval() == pytest.approx(0.0005) and cv2.getNumThreads() == 1
     assert node.trigger_deactivate() == TransitionCallbackReturn.SUCCESS
     assert sys.getswitchinterval() == pytest.approx(0.005) and cv2.getNumThreads() == OPENCV_THREADS
     assert node.trigger_activate() == TransitionCallbackReturn.SUCCESS
@@ -198,3 +198,28 @@ def test_shutdown_tells_every_thread_first_and_waits_once(tiny_checkpoint, ros, 
         busy.set()
     assert took < 0.9, took  # SHUTDOWN_JOIN_S once, plus the node's own teardown
     assert SHUTDOWN_JOIN_S + 0.3 < 1.2  # within the process's teardown deadline, with margin
+
+
+def test_a_model_result_overtaken_during_inference_still_reaches_the_consumers(live, client):
+    """Outputs never go back in time, so a result older than propagated frames already out is
+    not published itself; it is carried to the camera's newest frame at once instead."""
+    node = live
+    segs = client.collect(Segmentation, "/clipseg_iso/b/segmentation")
+    cam = CameraPublisher(client, B, h=H, w=W, stamp_period=1 / 30)
+    image = np.random.default_rng(3).integers(0, 256, (H, W, 3), dtype=np.uint8)
+    real = node.engine.segment_batch
+    models = []
+
+    def slow(images, prompt_set, **kwargs):
+        time.sleep(0.3)  # a slow model: ten camera frames per result
+        out = real(images, prompt_set, **kwargs)
+        models.append(len(models))
+        return out
+
+    node.engine.segment_batch = slow
+    wait_for(lambda: (cam.publish(image), len(models) >= 6)[-1], 60, 0.03, "six slow model results")
+    node.engine.segment_batch = real
+    stamps = [m.header.stamp.sec + m.header.stamp.nanosec * 1e-9 for m in segs]
+    assert all(later > earlier for earlier, later in zip(stamps, stamps[1:]))
+    sources = {round(s - m.model_frame_age, 3) for s, m in zip(stamps, segs)}
+    assert len(sources) >= 5  # every result but the one in flight reached the subscriber

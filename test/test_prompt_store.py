@@ -93,7 +93,7 @@ def test_unwritable_directory_raises_store_error(tmp_path, stored):
     (lambda d: (d / "prompts.json").write_text("{ not json"), "not a valid prompt store"),
     (lambda d: (d / "prompts.json").write_text('{"format": "other"}'), "not a clipseg_ros prompt store"),
     (lambda d: next((d / "images").iterdir()).write_bytes(b"changed"), "does not match its checksum"),
-    (lambda d: next((d / "images").iterdir()).unlink(), "cannot read"),
+    (lambda d: next((d / "images").iterdir()).unlink(), "is missing"),  # a referenced image deleted: damaged
     (lambda d: (d / "prompts.json").write_text(
         (d / "prompts.json").read_text().replace('"cup": 0.25', '"cup": 7')), "threshold for 'cup'"),
 ])

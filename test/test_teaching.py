@@ -99,6 +99,24 @@ def test_teach_from_the_newest_frame_of_a_camera(node, client, front, engine):
     assert list(reply.active_prompts) == ["cup", "door handle", "my thing"]  # replaced, not added twice
 
 
+def test_teach_uses_the_frame_the_stamp_names(node, client, front):
+    """Issue 19, point 7: the region's frame (its header.stamp) was ignored: whatever frame came
+    last was taught from."""
+    drawn_on = front.publish(FRAME)
+    later = np.ascontiguousarray(FRAME[::-1, ::-1])
+    segs = client.collect(Segmentation, f"/{NODE}/teach_front/segmentation")
+    wait_for(lambda: (front.publish(later), len(segs))[1] >= 2, 30, 0.05, "frames after the drawn-on one")
+    reply = teach(client, camera="teach_front", name="drawn", box=roi(10, 8, 30, 20), stamp=drawn_on.header.stamp)
+    assert reply.success, reply.message
+    assert np.array_equal(imgmsg_to_cv2(reply.prompt_image), make_example(FRAME, box=Box(10, 8, 30, 20)).prompt_image)
+    newest = teach(client, camera="teach_front", name="drawn", box=roi(10, 8, 30, 20))  # zero stamp: the newest
+    assert np.array_equal(imgmsg_to_cv2(newest.prompt_image), make_example(later, box=Box(10, 8, 30, 20)).prompt_image)
+    gone = drawn_on.header.stamp
+    gone.sec -= 1000
+    refused = teach(client, camera="teach_front", name="drawn", box=roi(10, 8, 30, 20), stamp=gone)
+    assert not refused.success and "has no frame stamped" in refused.message, refused.message
+
+
 @pytest.mark.parametrize("fields, reason", [
     (dict(camera="teach_front", name="x", box=roi(50, 40, 30, 20)), "not inside the 64x48 image"),
     (dict(camera="teach_front", name="x", box=roi(5, 5, 0, 10)), "no region"),
@@ -112,6 +130,8 @@ def test_teach_from_the_newest_frame_of_a_camera(node, client, front, engine):
     (dict(camera="teach_front", name=" ", box=roi(1, 1, 5, 5)), "has no name"),
     (dict(camera="teach_front", name="x", box=roi(1, 1, 5, 5), style="outline"), "unknown visual prompt style"),
     (dict(camera="teach_front", name="x", box=roi(1, 1, 5, 5), text="x", text_weight=2.0), "text_weight"),
+    # issue 19, point 9: a weight without a text was silently ignored
+    (dict(camera="teach_front", name="x", box=roi(1, 1, 5, 5), text_weight=0.3), "without a text to mix in"),
 ])
 def test_bad_teach_requests_are_refused_with_a_reason_and_change_nothing(node, client, front, fields, reason):
     newest_segmentation(client, front, count=1)
@@ -261,5 +281,80 @@ def test_an_unwritable_store_warns_once_and_the_node_keeps_working(tiny_checkpoi
                     if status.name == f"{name}: model":
                         return {kv.key: kv.value for kv in status.values}["prompt store"]
         assert wait_for(store_value, 10, what="diagnostics").endswith("store (last save failed)")
+    finally:
+        assert_clean_exit(proc, proc.stop())
+
+
+def stored_store(directory, texts=("stored a", "stored b", "stored c")):
+    from clipseg_ros.prompt_store import PromptStore, StoredPrompts
+
+    PromptStore(directory).save(StoredPrompts(texts=tuple(texts), thresholds=(("stored a", 0.25),)))
+    return store_files(directory)
+
+
+def test_lifecycle_mode_restores_the_store_after_parameter_changes_before_configure(tiny_checkpoint, tmp_path,
+                                                                                    client):
+    """Issue 19, point 2: a prompt-parameter change before the first configure (even max_prompts)
+    saved the parameters over the store, so configure 'restored' what was just written."""
+    from lifecycle_msgs.msg import Transition
+    from lifecycle_msgs.srv import ChangeState
+
+    store = tmp_path / "store"
+    saved = stored_store(store)
+    name = "clipseg_lifecycle_store"
+    proc = start_answering_node(client, name, dict(params(tiny_checkpoint, store, prompts=("mug",)), lifecycle=True),
+                                tmp_path, ready_text="waiting for the configure")
+    try:
+        assert client.set_params(name, max_prompts=10)[0].successful
+        assert client.set_params(name, prompts=["mug", "bowl"])[0].successful
+        assert store_files(store) == saved  # nothing written before the store was read
+        srv = client.node.create_client(ChangeState, f"/{name}/change_state")
+        assert client.call(srv, ChangeState.Request(transition=Transition(id=Transition.TRANSITION_CONFIGURE)),
+                           timeout=60).success
+        assert client.get_param(name, "prompts") == ["stored a", "stored b", "stored c"]
+        assert client.get_param(name, "prompt_thresholds") == ["stored a=0.25"]
+        assert store_files(store) == saved
+    finally:
+        assert_clean_exit(proc, proc.stop())
+
+
+def test_a_readable_store_that_does_not_fit_now_is_kept_as_it_is(tiny_checkpoint, tmp_path, client):
+    """Issue 19, point 3: a store with more prompts than max_prompts was set aside as 'rejected'
+    (and then overwritten): it is readable, just not applicable now. Kept, not written, one
+    warning, diagnostics say so."""
+    store = tmp_path / "store"
+    saved = stored_store(store)
+    name = "clipseg_store_too_big"
+    proc = start_answering_node(client, name, dict(params(tiny_checkpoint, store, prompts=("mug",)), max_prompts=2),
+                                tmp_path)
+    try:
+        log = proc.log()
+        assert log.count("not applicable now") == 1 and "kept as it is" in log and "moved aside" not in log, log
+        assert client.get_param(name, "prompts") == ["mug"]
+        assert client.set_params(name, prompts=["bowl"])[0].successful
+        wait_for(lambda: "active prompts: ['bowl']" in proc.log(), 10, what="the change to apply")
+        assert store_files(store) == saved and not [p for p in store.iterdir() if p.name.startswith("rejected-")]
+    finally:
+        assert_clean_exit(proc, proc.stop())
+
+
+def test_a_store_that_cannot_be_read_now_is_kept_as_it_is(tiny_checkpoint, tmp_path, client):
+    """Issue 19, point 3: EACCES/EIO set the store aside as damaged."""
+    import os
+
+    if os.geteuid() == 0:  # root reads anything: a directory where the file should be gives EISDIR
+        store = tmp_path / "store"
+        (store / "prompts.json").mkdir(parents=True)
+    else:
+        store = tmp_path / "store"
+        stored_store(store)
+        (store / "prompts.json").chmod(0)
+    name = "clipseg_store_unreadable"
+    proc = start_answering_node(client, name, params(tiny_checkpoint, store, prompts=("mug",)), tmp_path)
+    try:
+        log = proc.log()
+        assert "cannot read" in log and "kept as it is" in log and "moved aside" not in log, log
+        assert client.get_param(name, "prompts") == ["mug"]
+        assert (store / "prompts.json").exists() and not [p for p in store.iterdir() if p.name.startswith("rejected-")]
     finally:
         assert_clean_exit(proc, proc.stop())
