@@ -10,8 +10,13 @@ Uses the engine directly (no ROS graph, no DDS) and segments ``--batch`` frames 
 skips frames already written (checked by content: see :mod:`clipseg_ros.label_outputs`), so an
 interrupted run resumes. Unreadable frames are skipped, counted and listed at the end.
 
+A frame whose segmentation or writing fails (non-finite logits, an I/O error other than a full
+disk, ...) is skipped and listed with the reason; :data:`MAX_FAILURES_IN_A_ROW` such failures in a
+row stop the run cleanly (what is done is kept, labels.json written).
+
 Exit status: 0 done (also with skipped frames), 2 bad arguments or input, 3 disk full (rerun
-to resume), 130 interrupted (rerun to resume).
+to resume), 4 stopped after repeated failures (the reason is printed; rerun to resume once it is
+fixed), 130 interrupted (rerun to resume).
 """
 
 from __future__ import annotations
@@ -33,7 +38,12 @@ from clipseg_ros.label_outputs import (DISK_FULL, DiskFull, FrameFiles, OutputCo
                                        label_dtype, pixels_digest)
 from clipseg_ros.label_sources import LabelInputError, Selection, SourceFrame, open_source
 
-EXIT_INPUT, EXIT_DISK_FULL, EXIT_INTERRUPTED = 2, 3, 130
+EXIT_INPUT, EXIT_DISK_FULL, EXIT_FAILING, EXIT_INTERRUPTED = 2, 3, 4, 130
+MAX_FAILURES_IN_A_ROW = 5  # frames; then the cause is not one frame
+
+
+class RepeatedFailures(RuntimeError):
+    """Frames keep failing: the run stops (EXIT_FAILING)."""
 
 
 @dataclass(frozen=True)
@@ -140,6 +150,14 @@ class RunReport:
         return self.labelled / self.seconds if self.seconds > 0 else 0.0
 
 
+class FrameFailed(RuntimeError):
+    """One frame's outputs could not be written (not a full disk)."""
+
+    def __init__(self, name: str, origin: str, reason: str):
+        super().__init__(reason)
+        self.name, self.origin, self.reason = name, origin, reason
+
+
 class Labeller:
     """Labels frames from a source into an :class:`OutputFolder` (see the module doc)."""
 
@@ -148,6 +166,7 @@ class Labeller:
         self.prompt_set = prompt_state.prompt_set
         self.batch = max(1, int(batch))
         self.records: dict[str, dict] = {}  # name -> record, in source order
+        self._failures_in_a_row = 0
 
     def run(self, source, progress=None) -> RunReport:
         report = RunReport()
@@ -172,12 +191,15 @@ class Labeller:
                     pending.append((frame, digest))
                     if len(pending) >= self.batch:
                         writes = self._finish(writes, report, progress)
-                        writes += self._segment(pending, writer)
+                        writes += self._segment(pending, writer, report, progress)
                         pending = []
                 if pending:
                     writes = self._finish(writes, report, progress)
-                    writes += self._segment(pending, writer)
+                    writes += self._segment(pending, writer, report, progress)
                 self._finish(writes, report, progress, wait_all=True)
+            except RepeatedFailures as exc:
+                report.stopped = f"{exc}; fix it and run the same command again to resume"
+                self._drain(writes, report)
             except DiskFull as exc:
                 report.stopped = f"{exc.strerror}; free some space and run the same command again to resume"
                 self._drain(writes, report)
@@ -187,13 +209,37 @@ class Labeller:
         report.seconds = time.perf_counter() - t0
         return report
 
-    def _segment(self, pending: list[tuple[SourceFrame, str]], writer: ThreadPoolExecutor) -> list[Future]:
-        results = self.engine.segment_batch([f.rgb for f, _ in pending], self.prompt_set,
-                                            threshold=self.options.threshold)
+    def _segment(self, pending: list[tuple[SourceFrame, str]], writer: ThreadPoolExecutor, report: RunReport,
+                 progress) -> list[Future]:
+        try:
+            results = self.engine.segment_batch([f.rgb for f, _ in pending], self.prompt_set,
+                                                threshold=self.options.threshold)
+        except Exception as exc:  # noqa: BLE001 - e.g. NonFiniteLogitsError, out of memory: skip these frames
+            for frame, _ in pending:
+                self._failed(frame.name, frame.origin, f"segmentation failed: {type(exc).__name__}: {exc}", report,
+                             progress)
+            return []
         return [writer.submit(self._write, frame, digest, result)
                 for (frame, digest), result in zip(pending, results)]
 
+    def _failed(self, name: str, origin: str, reason: str, report: RunReport, progress) -> None:
+        """Skip one frame that failed; RepeatedFailures after MAX_FAILURES_IN_A_ROW in a row."""
+        self.records.pop(name, None)
+        report.skipped.append({"name": name, "origin": origin, "reason": reason})
+        self._tick(progress, report)
+        self._failures_in_a_row += 1
+        if self._failures_in_a_row >= MAX_FAILURES_IN_A_ROW:
+            raise RepeatedFailures(f"{self._failures_in_a_row} frames in a row failed, the last: {reason}")
+
     def _write(self, frame: SourceFrame, digest: str, result) -> dict:
+        try:
+            return self._write_frame(frame, digest, result)
+        except DiskFull:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the frame's writing failed: said by _finish
+            raise FrameFailed(frame.name, frame.origin, f"writing failed: {type(exc).__name__}: {exc}") from exc
+
+    def _write_frame(self, frame: SourceFrame, digest: str, result) -> dict:
         label, confidences, objects = frame_outputs(result, self.options)
         h, w = label.shape
         record = {"source_sha256": digest, "origin": frame.origin, "width": w, "height": h,
@@ -209,17 +255,23 @@ class Labeller:
         return self.folder.write_frame(frame.name, record, files)
 
     def _finish(self, writes: list[Future], report: RunReport, progress, wait_all: bool = False) -> list[Future]:
-        """Collect finished writes (all of them with ``wait_all``); the unfinished ones."""
-        left = []
-        for future in writes:
-            if wait_all or future.done():
+        """Collect finished writes (all of them with ``wait_all``); the unfinished ones. Each is
+        taken out of ``writes`` before its result is read, so a stop in between (DiskFull,
+        RepeatedFailures) never counts one twice."""
+        for future in list(writes):
+            if not (wait_all or future.done()):
+                continue
+            writes.remove(future)
+            try:
                 record = future.result()  # DiskFull propagates from here
-                self.records[record["name"]] = record
-                report.labelled += 1
-                self._tick(progress, report)
-            else:
-                left.append(future)
-        return left
+            except FrameFailed as exc:
+                self._failed(exc.name, exc.origin, exc.reason, report, progress)
+                continue
+            self.records[record["name"]] = record
+            report.labelled += 1
+            self._failures_in_a_row = 0
+            self._tick(progress, report)
+        return writes
 
     def _drain(self, writes: list[Future], report: RunReport) -> None:
         """After a stop: keep the writes that succeeded, drop the rest (they left nothing)."""
@@ -351,7 +403,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.no_progress:
         from tqdm import tqdm
 
-        progress = tqdm(total=len(source), unit="frame", desc="labelling", dynamic_ncols=True)
+        progress = tqdm(total=source.expected_frames(), unit="frame", desc="labelling", dynamic_ncols=True)
     try:
         report = labeller.run(source, progress)
     finally:
@@ -382,7 +434,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"  skipped {skipped['origin']}: {skipped['reason']}")
     if report.stopped:
         print(f"clipseg-label: stopped: {report.stopped}", file=sys.stderr)
-        return EXIT_INTERRUPTED if report.stopped.startswith("interrupted") else EXIT_DISK_FULL
+        if report.stopped.startswith("interrupted"):
+            return EXIT_INTERRUPTED
+        return EXIT_FAILING if "in a row failed" in report.stopped else EXIT_DISK_FULL
     return 0
 
 

@@ -21,7 +21,7 @@ from typing import Sequence
 import numpy as np
 
 from clipseg_ros.label_outputs import OutputFolder, RunConfig, read_png
-from clipseg_ros.label_sources import LabelInputError
+from clipseg_ros.label_sources import LabelInputError, open_bag
 
 NODE_NAMESPACE = "/clipseg/"
 INTERFACES = "clipseg_ros_interfaces"
@@ -94,7 +94,6 @@ def write_enriched_bag(source: Path, destination: Path, folder: OutputFolder, re
     added; returns how many output messages were added. LabelInputError when ``destination``
     exists."""
     from rclpy.serialization import serialize_message
-    from rosbags.highlevel import AnyReader
     from rosbags.rosbag2 import StoragePlugin, Writer
     from rosbags.typesys import Stores, get_typestore, get_types_from_msg
 
@@ -109,7 +108,7 @@ def write_enriched_bag(source: Path, destination: Path, folder: OutputFolder, re
     prefixes = output_prefixes(sorted({r["topic"] for r in by_message.values()}))
     plugin = StoragePlugin.MCAP if (storage or bag_storage(source)) == "mcap" else StoragePlugin.SQLITE3
     added = 0
-    with AnyReader([source]) as reader, Writer(destination, version=9,
+    with open_bag(source) as reader, Writer(destination, version=9,
                                                storage_plugin=plugin) as writer:
         copies = {}
         for c in reader.connections:

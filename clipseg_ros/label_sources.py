@@ -132,7 +132,8 @@ class FolderSource:
         self._clashing = {f for f in files if stems[f.with_suffix("")] > 1}
         self.files = list(_select(iter(files), selection))
 
-    def __len__(self) -> int:
+    def expected_frames(self) -> int | None:
+        """How many frames the run will read (for a progress bar)."""
         return len(self.files)
 
     def __iter__(self) -> Iterator[SourceFrame]:
@@ -166,12 +167,17 @@ class VideoSource:
         if not capture.isOpened():
             raise LabelInputError(f"{path} is not a folder, an image, a rosbag2 or a video OpenCV can read")
         self.fps = capture.get(cv2.CAP_PROP_FPS) or 0.0
-        self.count = int(capture.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
+        count = int(capture.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
+        self.count = count if count > 0 else None  # raw MJPEG/H.264 streams report -1: not known
         capture.release()
         if selection.timed and self.fps <= 0:
             raise LabelInputError(f"{path} has no frame rate: --start/--end cannot be applied")
 
-    def __len__(self) -> int:
+    def expected_frames(self) -> int | None:
+        """How many frames the run will read (None when the video does not say how long it is):
+        the time window, then the stride, then the limit."""
+        if self.count is None:
+            return self.selection.limit or None
         n = self.count
         if self.selection.timed:
             first = 0 if self.selection.start is None else int(np.ceil(self.selection.start * self.fps))
@@ -186,6 +192,8 @@ class VideoSource:
             def frames():
                 index = 0
                 while True:
+                    if self.selection.end is not None and index / self.fps > self.selection.end:
+                        return  # past the window: nothing more to read
                     ok, bgr = capture.read()
                     if not ok:
                         return
@@ -204,6 +212,17 @@ def topic_dir(topic: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", topic.strip("/")) or "root"
 
 
+def open_bag(path: Path):
+    """A rosbags ``AnyReader`` for a rosbag2 folder or file. Bags recorded on Humble or older
+    (sqlite3 schema 3, Humble's default storage) carry no message definitions: the standard
+    messages' definitions (sensor_msgs, std_msgs, ...) come from rosbags' Humble typestore then,
+    which are the same in every distribution since."""
+    from rosbags.highlevel import AnyReader
+    from rosbags.typesys import Stores, get_typestore
+
+    return AnyReader([Path(path)], default_typestore=get_typestore(Stores.ROS2_HUMBLE))
+
+
 class BagSource:
     """Image messages (raw and compressed) of a rosbag2, in the bag's time order; frames are
     named ``<topic folder>/<record time in ns>``. ``topics``: which (default: every image
@@ -212,11 +231,9 @@ class BagSource:
     kind = "rosbag"
 
     def __init__(self, path: Path, topics: Sequence[str] = (), selection: Selection = Selection()):
-        from rosbags.highlevel import AnyReader
-
         self.path, self.selection = path, selection
         try:
-            with AnyReader([path]) as reader:
+            with open_bag(path) as reader:
                 connections = list(reader.connections)
                 self.start_ns = reader.start_time
         except Exception as exc:  # noqa: BLE001 - rosbags raises its own error types for bad bags
@@ -237,15 +254,16 @@ class BagSource:
         self.topics = list(dict.fromkeys(topics))
         self.counts = {c.topic: c.msgcount for c in connections if c.topic in self.topics}
 
-    def __len__(self) -> int:
-        if self.selection.timed:  # not known without reading the timestamps
-            return sum(self.counts.values()) // self.selection.stride
+    def expected_frames(self) -> int | None:
+        """How many frames the run will read; None with a time window (not known without
+        reading the record times)."""
+        if self.selection.timed:
+            return None
         n = sum((count + self.selection.stride - 1) // self.selection.stride for count in self.counts.values())
         return min(n, self.selection.limit) if self.selection.limit else n
 
     def __iter__(self) -> Iterator[SourceFrame]:
         from rclpy.serialization import deserialize_message
-        from rosbags.highlevel import AnyReader
         from sensor_msgs.msg import CompressedImage, Image
 
         from clipseg_ros.conversions import ImageConversionError, read_rgb8
@@ -254,10 +272,13 @@ class BagSource:
         seen: dict[str, int] = {}
         names: set[str] = set()
         taken = 0
-        with AnyReader([self.path]) as reader:
+        with open_bag(self.path) as reader:
             wanted = [c for c in reader.connections if c.topic in self.topics]
             for connection, time_ns, raw in reader.messages(connections=wanted):
-                if self.selection.timed and not self.selection.in_time((time_ns - self.start_ns) * 1e-9):
+                seconds = (time_ns - self.start_ns) * 1e-9
+                if self.selection.end is not None and seconds > self.selection.end:
+                    return  # messages come in record time order: nothing later is in the window
+                if self.selection.timed and not self.selection.in_time(seconds):
                     continue
                 k = seen.get(connection.topic, 0)
                 seen[connection.topic] = k + 1

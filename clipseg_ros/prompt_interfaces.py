@@ -130,7 +130,7 @@ class PromptInterfaces:
         self._store_restored = True
         directory = self._store.directory
         try:
-            stored = self._store.load()
+            stored = self._store.load(reclaim=True)
             if stored is None:
                 self.node.get_logger().info(f"prompt store {directory}: empty, starting with the prompt parameters")
                 return None

@@ -14,6 +14,13 @@ checksum that does not match) is moved aside whole into ``rejected-<UTC time>/``
 the caller starts without it.
 
 Images are stored as PNG (lossless): RGB prompt images as 8-bit colour, masks as 8-bit grey.
+
+Several processes may share a store (two nodes, a node and ``clipseg-label --prompt-store``): an
+advisory ``fcntl`` lock on ``.lock`` in the directory makes each save exclusive and each load
+shared, so a reader never sees a half-replaced store and one writer's removal of images it no
+longer needs never races another writer's commit (the last save wins, whole). A save removes
+every image that the document it wrote does not reference; a load by a writer (``reclaim``)
+removes images no document references (left by a process that died between its two steps).
 """
 
 from __future__ import annotations
@@ -27,6 +34,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
+import fcntl
+from contextlib import contextmanager
+
 import cv2
 import numpy as np
 
@@ -34,6 +44,7 @@ from clipseg_ros.atomic_files import write_atomic
 from clipseg_ros.visual_prompts import Box, ExampleImage
 
 STORE_FILE = "prompts.json"
+LOCK_FILE = ".lock"
 IMAGES_DIR = "images"
 FORMAT = "clipseg_ros prompt store"
 VERSION = 1
@@ -80,13 +91,58 @@ class PromptStore:
     def __init__(self, directory: str | os.PathLike):
         self.directory = Path(directory).expanduser()
         self._referenced: set[str] = set()  # image files the last save or load referenced
+        # Each example's files, once encoded: a save writes only what changed (a text-only change
+        # with 8 prompts taught from 1080p frames re-encoded and re-hashed 24 PNGs: 0.91 s).
+        self._files_of: dict[int, tuple[ExampleImage, dict[str, str]]] = {}
 
     @property
     def path(self) -> Path:
         return self.directory / STORE_FILE
 
+    @contextmanager
+    def _locked(self, exclusive: bool):
+        """The store's advisory lock (shared for reading, exclusive for writing) while inside;
+        nothing to lock while the directory does not exist."""
+        try:
+            fd = os.open(self.directory / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666)
+        except (FileNotFoundError, NotADirectoryError):  # no store directory (yet)
+            yield
+            return
+        except OSError as exc:
+            if exclusive:
+                raise StoreError(f"cannot lock the prompt store {self.directory}: {exc}") from exc
+            fd = None  # a reader without write access to the directory reads unlocked
+        try:
+            if fd is not None:
+                fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+            yield
+        finally:
+            if fd is not None:
+                os.close(fd)  # releases the lock
+
     # -------------------------------------------------------------- reading
-    def load(self) -> StoredPrompts | None:
+    def load(self, reclaim: bool = False) -> StoredPrompts | None:
+        """:meth:`_load` under the store's lock; with ``reclaim`` (a process that writes the
+        store), images no document references are removed too."""
+        with self._locked(exclusive=reclaim):
+            stored = self._load()
+            if reclaim and stored is not None:
+                self._remove_unreferenced()
+            return stored
+
+    def _remove_unreferenced(self) -> None:
+        images_dir = self.directory / IMAGES_DIR
+        try:
+            present = {f"{IMAGES_DIR}/{p.name}" for p in images_dir.iterdir() if p.suffix == ".png"}
+        except OSError:
+            return
+        for orphan in present - self._referenced:
+            try:
+                (self.directory / orphan).unlink()
+            except OSError:
+                pass  # a leftover costs disk space only
+
+    def _load(self) -> StoredPrompts | None:
         """The stored prompts; None when there is no store yet (no directory or no
         ``prompts.json``). StoreCorrupt when it exists but cannot be read back exactly (damaged);
         StoreError when it cannot be read now (permissions, an I/O error: not its content's fault)."""
@@ -109,6 +165,10 @@ class PromptStore:
     def set_aside(self) -> Path:
         """Move ``prompts.json`` and ``images/`` into a new ``rejected-<UTC time>/`` directory
         beside them, untouched; returns it. StoreError when that fails."""
+        with self._locked(exclusive=True):
+            return self._set_aside()
+
+    def _set_aside(self) -> Path:
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
         target = self.directory / f"rejected-{stamp}"
         n = 1
@@ -132,13 +192,28 @@ class PromptStore:
         StoreError when the directory or a file cannot be written; the previous store is then
         still whole."""
         try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"cannot write the prompt store {self.directory}: {exc}") from exc
+        with self._locked(exclusive=True):
+            return self._save(prompts)
+
+    def _save(self, prompts: StoredPrompts) -> bool:
+        try:
             images_dir = self.directory / IMAGES_DIR
             images_dir.mkdir(parents=True, exist_ok=True)
-            entries, files = [], set()
+            entries, files, encoded = [], set(), {}
             for image in prompts.images:
-                entry, written = _image_entry(image, images_dir)
-                entries.append(entry)
-                files |= written
+                cached = self._files_of.get(id(image.example))
+                if cached is not None and cached[0] is image.example and all(
+                        (self.directory / f).is_file() for f in cached[1].values()):
+                    example_files = cached[1]
+                else:
+                    example_files = _example_files(image.example, images_dir)
+                encoded[id(image.example)] = (image.example, example_files)
+                entries.append(_image_entry(image, example_files))
+                files |= set(example_files.values())
+            self._files_of = encoded
             doc = _document(prompts, entries)
             data = (json.dumps(doc, indent=2, ensure_ascii=False, allow_nan=False) + "\n").encode("utf-8")
             try:
@@ -147,12 +222,8 @@ class PromptStore:
                 unchanged = False
             if not unchanged:
                 write_atomic(self.path, data)
-            for stale in self._referenced - files:
-                try:
-                    (self.directory / stale).unlink()
-                except FileNotFoundError:
-                    pass
             self._referenced = files
+            self._remove_unreferenced()  # what the replaced document needed, whoever wrote it
             return not unchanged
         except (OSError, ValueError) as exc:
             raise StoreError(f"cannot write the prompt store {self.directory}: {exc}") from exc
@@ -170,12 +241,17 @@ def _document(prompts: StoredPrompts, image_entries: list[dict]) -> dict:
     }
 
 
-def _image_entry(image: StoredImagePrompt, images_dir: Path) -> tuple[dict, set[str]]:
-    example = image.example
+def _example_files(example: ExampleImage, images_dir: Path) -> dict[str, str]:
+    """Write an example's images (those not there yet); their names in the store."""
     files = {"image": _write_png(images_dir, _bgr(example.image)),
              "prompt_image": _write_png(images_dir, _bgr(example.prompt_image))}
     if example.mask is not None:
         files["mask"] = _write_png(images_dir, np.ascontiguousarray(example.mask, np.uint8))
+    return files
+
+
+def _image_entry(image: StoredImagePrompt, files: dict[str, str]) -> dict:
+    example = image.example
     box = example.box
     entry = {
         "name": image.name,
@@ -187,7 +263,7 @@ def _image_entry(image: StoredImagePrompt, images_dir: Path) -> tuple[dict, set[
         "mask": files.get("mask"),
         "prompt_image": files["prompt_image"],
     }
-    return entry, set(files.values())
+    return entry
 
 
 def _from_document(doc: dict, directory: Path) -> tuple[StoredPrompts, set[str]]:

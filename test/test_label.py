@@ -361,3 +361,174 @@ def test_folder_names_keep_suffixes_only_where_stems_clash_and_skip_the_output_i
     assert run(args, tiny_checkpoint) == 0  # the rerun still sees three inputs, all done
     summary = json.loads((out / "labels.json").read_text())
     assert [f["name"] for f in summary["frames"]] == names and summary["skipped"] == []
+
+
+def as_humble_bag(path: Path) -> None:
+    """Turn a sqlite3 bag written here into what Humble records: schema 3 without the
+    message_definitions table (and no type hashes), metadata version 5."""
+    import re
+    import sqlite3
+
+    (db,) = path.glob("*.db3")
+    con = sqlite3.connect(db)
+    con.execute("DROP TABLE message_definitions")
+    con.execute("ALTER TABLE topics DROP COLUMN type_description_hash")
+    con.execute("UPDATE schema SET schema_version = 3")
+    con.commit()
+    con.close()
+    meta = path / "metadata.yaml"
+    text = re.sub(r"\n\s*type_description_hash:[^\n]*(\n\s*RIHS01_\w+)?", "", meta.read_text())
+    meta.write_text(text.replace("version: 9", "version: 5").replace("  custom_data: null\n", ""))
+
+
+def test_a_bag_recorded_on_humble_is_labelled(tmp_path, tiny_checkpoint, tiny_engine):
+    """Issue 19, point 11: sqlite3 bags without embedded definitions exited 2 with 'Bag contains
+    no type definitions'."""
+    bag = tmp_path / "humble"
+    truth = write_bag(bag, "sqlite3", frames=2)
+    as_humble_bag(bag)
+    out, enriched = tmp_path / "out", tmp_path / "enriched"
+    assert run([bag, "-o", out, "--prompts", ";".join(PROMPTS), "--bag-out", enriched], tiny_checkpoint) == 0
+    summary = json.loads((out / "labels.json").read_text())
+    assert len(summary["frames"]) == 4
+    prompt_set = tiny_engine.make_prompt_set(PROMPTS)
+    for record in summary["frames"]:
+        expected = tiny_engine.segment(truth[(record["topic"], record["bag_time_ns"])], prompt_set)
+        got = read_png(out / "probabilities" / record["name"] / "0.png").astype(int)
+        assert np.abs(got - expected.masks[0]).max() <= 1
+    from clipseg_ros.label_sources import open_bag
+
+    with open_bag(enriched) as reader:
+        assert sum(c.msgcount for c in reader.connections if c.topic.endswith("/segmentation")) == 4
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o027, 0o640)])
+def test_output_files_honour_the_umask(folder, tmp_path, tiny_checkpoint, umask, mode):
+    """Issue 19, point 14: every output file was 0600 (mkstemp + os.replace), so a labelling tool
+    or a container running as another user could not read it."""
+    import os
+    import stat
+
+    old = os.umask(umask)
+    try:
+        assert run([folder, "-o", tmp_path / "out", "--prompts", ";".join(PROMPTS)], tiny_checkpoint) == 0
+    finally:
+        os.umask(old)
+    modes = {stat.S_IMODE(p.stat().st_mode) for p in (tmp_path / "out").rglob("*") if p.is_file()}
+    assert modes == {mode}, {oct(m) for m in modes}
+
+
+def test_frames_that_fail_are_skipped_and_counted_and_repeated_failures_stop_cleanly(folder, tmp_path,
+                                                                                    tiny_checkpoint, monkeypatch,
+                                                                                    capsys):
+    """Issue 19, point 13: an injected NonFiniteLogitsError or any OSError while writing was
+    uncaught: a traceback, and labels.json and COCO never written."""
+    from clipseg_ros.engine import NonFiniteLogitsError, SegmentationEngine
+
+    real_segment = SegmentationEngine.segment_batch
+    calls = {"n": 0}
+
+    def segment_batch(self, images, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:  # the second frame
+            raise NonFiniteLogitsError("the model produced NaN/inf logits (injected)")
+        return real_segment(self, images, *args, **kwargs)
+
+    monkeypatch.setattr(SegmentationEngine, "segment_batch", segment_batch)
+    real_write = OutputFolder.write_frame
+
+    def write_frame(self, name, record, files):
+        if name == "sub/c":
+            raise OSError(errno.EIO, "Input/output error")
+        return real_write(self, name, record, files)
+
+    monkeypatch.setattr(OutputFolder, "write_frame", write_frame)
+    out = tmp_path / "out"
+    assert run([folder, "-o", out, "--prompts", ";".join(PROMPTS)], tiny_checkpoint) == 0
+    summary = json.loads((out / "labels.json").read_text())
+    reasons = {s["name"]: s["reason"] for s in summary["skipped"]}
+    assert "NonFiniteLogitsError" in reasons.pop("b") and "Input/output error" in reasons.pop("sub/c")
+    assert [r["name"] for r in summary["frames"]] == ["a"] and (out / "coco_instances.json").exists()
+    assert "1 frames labelled" in capsys.readouterr().out
+
+    monkeypatch.setattr(SegmentationEngine, "segment_batch",
+                        lambda self, *a, **k: (_ for _ in ()).throw(NonFiniteLogitsError("always (injected)")))
+    many = tmp_path / "many"
+    many.mkdir()
+    for k in range(8):
+        cv2.imwrite(str(many / f"f{k}.png"), picture(40 + k))
+    again = tmp_path / "again"
+    assert run([many, "-o", again, "--prompts", ";".join(PROMPTS)], tiny_checkpoint) == 4
+    err = capsys.readouterr().err
+    assert "5 frames in a row failed" in err and "always (injected)" in err
+    assert len(json.loads((again / "labels.json").read_text())["skipped"]) == 5
+
+
+def test_streams_without_a_length_and_time_windows_read_only_what_they_need(tmp_path, tiny_checkpoint,
+                                                                          monkeypatch):
+    """Issue 19, point 15: a raw MJPEG stream reports a negative frame count and
+    tqdm(total=len(source)) raised before the first frame; --end never stopped reading (a
+    300-frame video with --end 1.0 read all 301 attempts; a bag went through every message); the
+    progress total ignored --limit and the window."""
+    from clipseg_ros import label as label_cli_module
+    from clipseg_ros.label_sources import Selection, VideoSource
+
+    stream = tmp_path / "camera.mjpeg"  # what a webcam dump or `ffmpeg -f mjpeg` gives: JPEGs back to back
+    stream.write_bytes(b"".join(cv2.imencode(".jpg", cv2.cvtColor(picture(k), cv2.COLOR_RGB2BGR))[1].tobytes()
+                                for k in range(4)))
+    assert VideoSource(stream).expected_frames() is None
+    assert label_cli_module.main([str(stream), "-o", str(tmp_path / "s"), "--prompts", "cup", "--model",
+                                  str(tiny_checkpoint), "--device", "cpu", "--dtype", "float32"]) == 0  # with a bar
+    assert len(json.loads((tmp_path / "s" / "labels.json").read_text())["frames"]) == 4
+
+    video = tmp_path / "long.avi"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, (64, 48))
+    for k in range(300):
+        writer.write(cv2.cvtColor(picture(k % 5), cv2.COLOR_RGB2BGR))
+    writer.release()
+    from clipseg_ros import label_sources
+
+    reads = []
+
+    class CountingCapture:  # delegates (subclassing OpenCV's C type crashed the interpreter at exit)
+        def __init__(self, *args):
+            self._capture = cv2.VideoCapture(*args)
+
+        def read(self, *args):
+            reads.append(1)
+            return self._capture.read(*args)
+
+        def __getattr__(self, name):
+            return getattr(self._capture, name)
+
+    class CountingCv2:
+        VideoCapture = CountingCapture
+
+        def __getattr__(self, name):
+            return getattr(cv2, name)
+
+    monkeypatch.setattr(label_sources, "cv2", CountingCv2())
+    assert run([video, "-o", tmp_path / "v", "--prompts", "cup", "--end", "1.0"], tiny_checkpoint) == 0
+    assert len(json.loads((tmp_path / "v" / "labels.json").read_text())["frames"]) == 11  # frames 0..10
+    assert len(reads) <= 12
+    assert VideoSource(video, Selection(limit=7)).expected_frames() == 7
+    assert VideoSource(video, Selection(start=1.0, end=2.0, stride=2)).expected_frames() == 6
+
+
+def test_a_bag_time_window_stops_reading_at_its_end(tmp_path, tiny_checkpoint, monkeypatch):
+    from rosbags.highlevel import AnyReader
+
+    bag = tmp_path / "bag"
+    write_bag(bag, "sqlite3", frames=3)  # images at 0, 0.1, 0.2 s, a bad one at 1.0 s
+    read = []
+    real_messages = AnyReader.messages
+
+    def messages(self, *args, **kwargs):
+        for item in real_messages(self, *args, **kwargs):
+            read.append(item[1])
+            yield item
+
+    monkeypatch.setattr(AnyReader, "messages", messages)
+    assert run([bag, "-o", tmp_path / "out", "--prompts", "cup", "--end", "0.15"], tiny_checkpoint) == 0
+    assert len(json.loads((tmp_path / "out" / "labels.json").read_text())["frames"]) == 4  # raw + compressed x 2
+    assert max(read) - min(read) < 300_000_000  # stopped at the first message past 0.15 s

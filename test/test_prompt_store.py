@@ -24,7 +24,9 @@ def stored(rng):
 
 
 def files(directory):
-    return {str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
+    """The store's content (its advisory lock file holds nothing)."""
+    return {str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*"))
+            if p.is_file() and p.name != ".lock"}
 
 
 def test_round_trip_is_exact(tmp_path, stored):
@@ -110,3 +112,90 @@ def test_a_damaged_store_is_refused_and_set_aside_untouched(tmp_path, stored, da
     assert store.load() is None  # the store is empty now; the next save starts afresh
     store.save(StoredPrompts(texts=("cup",)))
     assert PromptStore(tmp_path).load().texts == ("cup",) and files(aside) == damaged
+
+
+# ----------------------------------------------------------------------------- issue 19, point 8
+def holding_the_lock(directory, exclusive=True):
+    """Another process's hold on the store's lock (flock conflicts across open files)."""
+    import fcntl
+
+    fd = os.open(directory / ".lock", os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+    return fd
+
+
+def test_saves_and_loads_wait_for_another_process_holding_the_store(tmp_path, stored):
+    """Two processes on one store: last writer wins, whole; a reader never sees half a save."""
+    import threading
+
+    PromptStore(tmp_path).save(stored)
+    for action in (lambda: PromptStore(tmp_path).save(StoredPrompts(texts=("mug",))),
+                   lambda: PromptStore(tmp_path).load()):
+        fd = holding_the_lock(tmp_path)
+        worker = threading.Thread(target=action)
+        worker.start()
+        worker.join(0.3)
+        assert worker.is_alive()  # waits for the other process
+        os.close(fd)
+        worker.join(10)
+        assert not worker.is_alive()
+
+
+def test_a_save_removes_what_the_replaced_document_needed_whoever_wrote_it(tmp_path, stored):
+    first, second = PromptStore(tmp_path), PromptStore(tmp_path)  # two processes
+    first.save(stored)
+    second.save(StoredPrompts(texts=("mug",)))  # it never read the store: it did not know its images
+    assert not list((tmp_path / "images").iterdir())
+    assert PromptStore(tmp_path).load().texts == ("mug",)
+
+
+def test_a_writer_reclaims_images_no_document_references(tmp_path, stored):
+    store = PromptStore(tmp_path)
+    store.save(stored)
+    kept = files(tmp_path)
+    orphan = tmp_path / "images" / ("0" * 64 + ".png")  # left by a process that died mid-save
+    orphan.write_bytes(b"orphan")
+    assert PromptStore(tmp_path).load().texts == stored.texts and orphan.exists()  # a reader removes nothing
+    assert PromptStore(tmp_path).load(reclaim=True).texts == stored.texts
+    assert not orphan.exists() and files(tmp_path) == kept
+
+
+def test_a_failed_directory_flush_after_the_rename_is_not_a_failed_save(tmp_path, stored, monkeypatch):
+    import stat
+
+    real_fsync = os.fsync
+
+    def fsync(fd):
+        if stat.S_ISDIR(os.fstat(fd).st_mode):
+            raise OSError(5, "Input/output error")
+        return real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    assert PromptStore(tmp_path).save(stored)  # replaced: not reported as "not saved"
+    monkeypatch.undo()
+    loaded = PromptStore(tmp_path).load()
+    assert loaded.texts == stored.texts and [i.name for i in loaded.images] == [i.name for i in stored.images]
+
+
+def test_a_text_only_change_writes_no_image_again(tmp_path, monkeypatch):
+    """Issue 19, point 5: every save re-encoded and re-hashed every stored PNG (0.91 s for a
+    text-only change with 8 prompts taught from 1080p frames, on the thread that committed)."""
+    import cv2
+
+    from clipseg_ros import prompt_store
+
+    rng = np.random.default_rng(5)
+    images = tuple(StoredImagePrompt(f"thing {k}", make_example(rng.integers(0, 256, (1080, 1920, 3), np.uint8),
+                                                                box=Box(100, 100, 400, 300)))
+                   for k in range(8))
+    store = PromptStore(tmp_path)
+    store.save(StoredPrompts(texts=("cup",), images=images))
+    encodes = []
+    real = cv2.imencode
+    monkeypatch.setattr(prompt_store.cv2, "imencode", lambda *a, **k: encodes.append(1) or real(*a, **k))
+    store.save(StoredPrompts(texts=("cup", "mug"), images=images))
+    assert encodes == []
+    assert PromptStore(tmp_path).load().texts == ("cup", "mug")
+    store.save(StoredPrompts(texts=("mug",), images=images[:7] + (StoredImagePrompt("new", make_example(
+        np.full((20, 20, 3), 9, np.uint8))),)))
+    assert len(encodes) == 2  # only the new example's image and prompt image

@@ -74,6 +74,7 @@ class RgbdCamera:
         colour.header.frame_id = f"seq:{seq}"
         colour.header.stamp.sec, colour.header.stamp.nanosec = stamp_sec, stamp_ns
         self.colour.publish(colour)
+        return stamp_sec
 
 
 def until(client, camera, received, count=1, **publish):
@@ -194,7 +195,14 @@ def test_a_depth_edge_through_the_object_keeps_the_frame_and_its_cloud_keeps_one
     clouds = client.collect(PointCloud2, f"/{NODE}/obstacle_cloud")
     depth = np.full((H, W), 2500, np.uint16)
     depth[:, :W // 2] = 1000
-    out = until(client, camera, segs, count=2, depth_mm=depth)[-1]
+
+    mine = set()
+
+    def placed():  # one of these frames, whose depth image had arrived when it was processed (rate 0: at once)
+        mine.add(camera.publish(depth_mm=depth))
+        return next((m for m in reversed(segs) if m.header.stamp.sec in mine and m.depth_header.frame_id
+                     and m.objects[0].has_position), None)
+    out = wait_for(placed, 30, 0.05, "an output placed with its depth image")
     (cup,) = [o for o in out.objects if o.prompt == "cup"]
     assert cup.has_position and cup.position.z == pytest.approx(1.0)  # a tie: the nearer surface
     assert cup.extent.z == 0.0 and cup.extent.x == pytest.approx((W // 2) * 1.0 / FX, abs=1e-6)
@@ -216,10 +224,12 @@ def test_lost_objects_and_frames_without_depth_leave_nothing_stale(node, client)
     assert (cube.lifetime.sec, cube.lifetime.nanosec) == (3, 0)  # rate 0: 3 s
     markers.clear()
     cups.clear()
-    until(client, camera, cups, count=2, depth_offset_s=0.5)  # depth out of sync: no 3D for these frames
-    assert math.isnan(cups[-1].point.z)
-    wait_for(lambda: markers and [m.action for m in markers[-1].markers] == [Marker.DELETEALL], 10,
-             what="a marker array that only clears")
+
+    def cleared():  # depth out of sync: no 3D for these frames
+        camera.publish(depth_offset_s=0.5)
+        return cups and math.isnan(cups[-1].point.z) and markers and \
+            [m.action for m in markers[-1].markers] == [Marker.DELETEALL]
+    wait_for(cleared, 30, 0.05, "a NaN position and a marker array that only clears")
 
 
 def test_every_prompt_has_its_own_position_topic_and_gone_prompts_lose_theirs(node, client):
