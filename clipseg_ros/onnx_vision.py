@@ -3,7 +3,8 @@ with dynamic int8 weights: the int8 path that is fastest on CPUs with int8 dot p
 
 Why onnxruntime and not torchao for int8: on a 2-core AVX-512 VNNI machine the same pass took
 157 ms in onnxruntime's int8 against 257 ms with torchao's eager int8 and 262 ms in torch
-bfloat16 (``benchmarks/probe_onnxruntime.py``, one run). torchao is built to run under
+bfloat16 (``benchmarks/probe_onnxruntime.py``, one run, the pass alone; inside the engine 194-210 ms
+against bfloat16's 296-306 ms, ``bench_precision.py``). torchao is built to run under
 torch.compile, and compiling the bfloat16 vision layers took 18.6 s here: too long for a start-up.
 
 The graph is exported once per model from :class:`~clipseg_ros.network.ClipSegNetwork`'s own
@@ -50,13 +51,20 @@ def default_cache_dir() -> Path:
     return Path(base) / "clipseg_ros"
 
 
-def cache_key(vision_model: torch.nn.Module, layers_run: int, extract_layers: Sequence[int], size: int) -> str:
-    """A digest of everything the exported graph depends on."""
+def cache_key(vision_model: torch.nn.Module, layers_run: int, extract_layers: Sequence[int], size: int,
+              reduce_range: bool = False) -> str:
+    """A digest of everything the exported graph depends on: the weights and config, the layers
+    and size, the quantisation, and the versions of every library that shapes the graph
+    (transformers' code is what is traced)."""
+    import onnx
     import onnxruntime
+    import transformers
 
     digest = hashlib.sha256()
     digest.update(json.dumps({"format": EXPORT_FORMAT, "layers": layers_run, "extract": list(extract_layers),
                               "size": size, "torch": torch.__version__, "onnxruntime": onnxruntime.__version__,
+                              "onnx": onnx.__version__, "transformers": transformers.__version__,
+                              "reduce_range": bool(reduce_range),
                               "config": vision_model.config.to_json_string()}, sort_keys=True).encode())
     for name, tensor in sorted(vision_model.state_dict().items()):
         digest.update(name.encode())
@@ -101,16 +109,17 @@ def export_float32(model: torch.nn.Module, encode: Callable[[torch.Tensor], list
             config._attn_implementation = saved[key]
 
 
-def quantize_int8(float_path: Path, int8_path: Path) -> None:
-    """Dynamic int8 (int8 weights, activations quantised per call) of the graph at ``float_path``."""
+def quantize_int8(float_path: Path, int8_path: Path, reduce_range: bool = False) -> None:
+    """Dynamic int8 (int8 weights, activations quantised per call) of the graph at ``float_path``;
+    ``reduce_range``: 7-bit weights (see :func:`clipseg_ros.precision.int8_reduce_range`)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     with _without_preprocessing_advice():
-        quantize_dynamic(str(float_path), str(int8_path), weight_type=QuantType.QInt8)
+        quantize_dynamic(str(float_path), str(int8_path), weight_type=QuantType.QInt8, reduce_range=reduce_range)
 
 
 def export_int8(model: torch.nn.Module, encode: Callable[[torch.Tensor], list[torch.Tensor]], size: int,
-                path: Path) -> None:
+                path: Path, reduce_range: bool = False) -> None:
     """:func:`export_float32`, then :func:`quantize_int8` into ``path`` (atomically)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     for stale in path.parent.glob(".export_*"):  # left by a process killed while exporting
@@ -119,7 +128,7 @@ def export_int8(model: torch.nn.Module, encode: Callable[[torch.Tensor], list[to
     with tempfile.TemporaryDirectory(dir=path.parent, prefix=".export_") as tmp:
         float_path, int8_path = Path(tmp) / "vision.onnx", Path(tmp) / "vision_int8.onnx"
         export_float32(model, encode, size, float_path)
-        quantize_int8(float_path, int8_path)
+        quantize_int8(float_path, int8_path, reduce_range)
         os.replace(int8_path, path)
 
 
@@ -165,10 +174,11 @@ class OnnxVisionPass:
 
 
 def graph_path(vision_model: torch.nn.Module, layers_run: int, extract_layers: Sequence[int], size: int,
-               cache_dir: Path | None = None) -> Path:
+               cache_dir: Path | None = None, reduce_range: bool = False) -> Path:
     """Where this model's int8 vision graph is (or will be) cached. Call it on the float32 weights."""
     cache_dir = default_cache_dir() if cache_dir is None else Path(cache_dir)
-    return cache_dir / "onnx" / f"vision_int8_{cache_key(vision_model, layers_run, extract_layers, size)}.onnx"
+    key = cache_key(vision_model, layers_run, extract_layers, size, reduce_range)
+    return cache_dir / "onnx" / f"vision_int8_{key}.onnx"
 
 
 def load_cached(path: Path, threads: int) -> OnnxVisionPass | None:

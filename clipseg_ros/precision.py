@@ -35,8 +35,8 @@ from functools import lru_cache
 import torch
 
 PRECISION_NAMES = ("auto", "float32", "bfloat16", "float16", "int8")
-BF16_FLAGS = ("amx_bf16", "avx512_bf16")
-INT8_FLAGS = ("amx_int8", "avx512_vnni", "avx_vnni")
+BF16_FLAGS = ("amx_bf16", "avx512_bf16", "bf16")  # bf16: Arm's (FEAT_BF16, in /proc/cpuinfo's Features)
+INT8_FLAGS = ("amx_int8", "avx512_vnni", "avx_vnni", "i8mm", "asimddp")  # i8mm, asimddp: Arm's int8 dot products
 FP16_DECODER_NOTE = "decoder in float32: its attention (4 heads x 16 dims) breaks in float16"
 
 
@@ -60,13 +60,13 @@ class CpuFeatures:
 
 @lru_cache(maxsize=1)
 def cpu_features() -> CpuFeatures:
-    """This machine's CPU (cached)."""
+    """This machine's CPU (cached): from /proc/cpuinfo where it lists the CPU's features, else
+    from torch's own probes."""
     try:
-        text = open("/proc/cpuinfo").read()
-        model = re.search(r"^model name\s*:\s*(.+)$", text, re.M)
-        flags = re.search(r"^flags\s*:\s*(.+)$", text, re.M)
-        if flags:
-            return CpuFeatures(model.group(1).strip() if model else "unknown", frozenset(flags.group(1).split()))
+        with open("/proc/cpuinfo") as f:
+            parsed = parse_cpuinfo(f.read())
+        if parsed is not None:
+            return parsed
     except OSError:
         pass
     probes = {"avx512_bf16": "_is_avx512_bf16_supported", "amx_bf16": "_is_amx_tile_supported",
@@ -79,7 +79,29 @@ def cpu_features() -> CpuFeatures:
                 found.add(flag)
         except RuntimeError:
             pass
+    # torch's VNNI probe said no on an AMD EPYC whose cpuinfo lists avx512_vnni; every x86 CPU
+    # with avx512_bf16 (Cooper Lake, Sapphire Rapids and later, Zen 4 and later) has it.
+    if "avx512_bf16" in found:
+        found.add("avx512_vnni")
     return CpuFeatures("unknown", frozenset(found))
+
+
+def parse_cpuinfo(text: str) -> CpuFeatures | None:
+    """A /proc/cpuinfo's CPU: x86 lists ``flags``, Arm (aarch64) ``Features``; None when neither."""
+    flags = re.search(r"^(?:flags|Features)\s*:\s*(.+)$", text, re.M)
+    if not flags:
+        return None
+    model = re.search(r"^(?:model name|Model|Hardware)\s*:\s*(.+)$", text, re.M)
+    return CpuFeatures(model.group(1).strip() if model else "unknown", frozenset(flags.group(1).split()))
+
+
+def int8_reduce_range(cpu: CpuFeatures, machine: str | None = None) -> bool:
+    """Whether onnxruntime's dynamic int8 should quantise weights to 7 bits: on x86 without int8
+    dot products (VNNI/AMX) its u8s8 kernels can saturate, and onnxruntime advises it there."""
+    import platform
+
+    machine = (machine or platform.machine()).lower()
+    return machine in ("x86_64", "amd64", "i686", "x86") and not cpu.int8_dot
 
 
 def quiet_torchao_import() -> None:

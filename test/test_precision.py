@@ -250,3 +250,81 @@ def test_the_int8_graph_takes_a_batch_of_cameras(engines):
     for image, result in zip((first, second), batch):
         alone = engine.segment(image, prompts)
         assert np.array_equal(result.masks, alone.masks)
+
+
+# ----------------------------------------------------------------------------- issue 19, points 18, 19
+GRAVITON3_CPUINFO = """processor\t: 0
+BogoMIPS\t: 2100.00
+Features\t: fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp cpuid asimdrdm jscvt fcma lrcpc dcpop sha3 sm3 sm4 asimddp sha512 sve asimdfhm dit uscat ilrcpc flagm ssbs paca pacg dcpodp svei8mm svebf16 i8mm bf16 dgh rng
+CPU implementer\t: 0x41
+CPU part\t: 0xd40
+"""
+
+
+def test_arm_cpus_are_read_from_their_features_line():
+    """Point 18: /proc/cpuinfo on aarch64 has 'Features', not 'flags': auto was always float32 there."""
+    from clipseg_ros.precision import parse_cpuinfo
+
+    cpu = parse_cpuinfo(GRAVITON3_CPUINFO)
+    assert cpu is not None and cpu.native_bf16 == "bf16" and cpu.int8_dot == "i8mm"
+    p = choose_precision("auto", CPU, cpu, has_torchao=False, has_onnxruntime=True)
+    assert (p.name, p.vision_int8, p.encoders) == ("int8", "onnxruntime", torch.bfloat16)
+    assert parse_cpuinfo("processor\t: 0\n") is None
+
+
+def test_without_cpuinfo_avx512_bf16_implies_vnni(monkeypatch):
+    """Point 18: torch's VNNI probe said no on an EPYC whose cpuinfo lists avx512_vnni, so the
+    same CPU got int8 with cpuinfo and bfloat16 without."""
+    import builtins
+
+    from clipseg_ros import precision
+
+    real_open = builtins.open
+
+    def no_cpuinfo(path, *args, **kwargs):
+        if str(path) == "/proc/cpuinfo":
+            raise FileNotFoundError(path)
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", no_cpuinfo)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_vnni_supported", lambda: False, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_avx2_vnni_supported", lambda: False, raising=False)
+    cpu = precision.cpu_features.__wrapped__()
+    assert cpu.flags == EPYC_GENOA.flags - {"avx2", "avx512f"}
+    assert choose_precision("auto", CPU, cpu, has_onnxruntime=True).name == \
+        choose_precision("auto", CPU, EPYC_GENOA, has_onnxruntime=True).name == "int8"
+
+
+def test_int8_on_x86_without_vnni_quantises_with_a_reduced_range(tmp_path):
+    """Point 18: explicit int8 on x86 without VNNI used reduce_range=False, which onnxruntime
+    advises against there (u8s8 kernels saturate). The choice is part of the cache key."""
+    from clipseg_ros.precision import int8_reduce_range
+
+    assert int8_reduce_range(HASWELL, "x86_64") and not int8_reduce_range(CASCADE_LAKE, "x86_64")
+    assert not int8_reduce_range(HASWELL, "aarch64")
+
+
+def test_the_graph_cache_key_names_every_library_that_shapes_the_graph(tiny_engine, monkeypatch):
+    """Point 19: the key left out transformers and onnx (the traced code) and the quantisation."""
+    import transformers
+
+    from clipseg_ros.onnx_vision import cache_key
+
+    vision = tiny_engine.network.model.clip.vision_model
+    key = cache_key(vision, 2, [1, 2], 352)
+    assert cache_key(vision, 2, [1, 2], 352, reduce_range=True) != key
+    monkeypatch.setattr(transformers, "__version__", "99.0.0")
+    assert cache_key(vision, 2, [1, 2], 352) != key
+
+
+def test_pixels_reach_the_vision_pass_in_float32(tiny_checkpoint):
+    """Point 19: with bfloat16 encoders the engine rounded pixels to bf16 before the float32
+    int8 graph (0.70% change of the last layer on the tiny model)."""
+    from clipseg_ros.engine import SegmentationEngine
+
+    engine = SegmentationEngine.from_pretrained(str(tiny_checkpoint), device="cpu", dtype="bfloat16")
+    pixels = engine.preprocess([np.full((48, 64, 3), 77, np.uint8)])
+    assert pixels.dtype == torch.float32
+    assert engine.segment(np.full((48, 64, 3), 77, np.uint8), engine.make_prompt_set(["cup"])).masks.shape[0] == 1
