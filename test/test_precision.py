@@ -328,3 +328,30 @@ def test_pixels_reach_the_vision_pass_in_float32(tiny_checkpoint):
     pixels = engine.preprocess([np.full((48, 64, 3), 77, np.uint8)])
     assert pixels.dtype == torch.float32
     assert engine.segment(np.full((48, 64, 3), 77, np.uint8), engine.make_prompt_set(["cup"])).masks.shape[0] == 1
+
+
+def test_a_lost_object_fails_the_agreement_goal():
+    """Point 17: a 40x60 object the candidate loses entirely still scored 99.22% pixel agreement
+    and 'met the goal'."""
+    from clipseg_ros.postprocess import SegmentationResult
+
+    def result(mask):
+        return SegmentationResult(prompts=["cup"], masks=mask[None], label=None, stats=[], threshold=0.4,
+                                  image_size=mask.shape, thresholds=(0.4,))
+    ref = np.zeros((480, 640), np.uint8)
+    ref[100:140, 200:260] = 230  # the object
+    ref[300:400, 300:500] = 230  # and a larger one both keep
+    cand = ref.copy()
+    cand[100:140, 200:260] = 0
+    a = compare_results([result(ref)], [result(cand)])
+    assert a.mask_agreement == pytest.approx(1 - 2400 / (480 * 640)) and a.mask_agreement > GOAL
+    assert (a.objects, a.lost_objects) == (2, 1) and a.worst_iou == pytest.approx(20000 / 22400)
+    assert not a.meets_goal
+    alone = np.zeros((480, 640), np.uint8)
+    alone[100:140, 200:260] = 230
+    shrunk = np.zeros((480, 640), np.uint8)
+    shrunk[100:140, 200:236] = 230  # 60% of it: found, but IoU 0.6 below the IoU goal
+    b = compare_results([result(alone)], [result(shrunk)])
+    assert b.lost_objects == 0 and b.worst_iou == pytest.approx(0.6) and b.mask_agreement > GOAL
+    assert not b.meets_goal
+    assert compare_results([result(ref)], [result(ref)]).meets_goal
