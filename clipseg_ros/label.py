@@ -294,9 +294,10 @@ class Labeller:
         return [r for r in self.records.values() if r is not None]
 
 
-def export_coco(folder: OutputFolder, records: Sequence[dict], prompts: Sequence[str]) -> None:
-    """coco_semantic.json (from the label images) and coco_instances.json (from the records)."""
-    from clipseg_ros.coco_export import coco_document, instance_annotations, semantic_annotations
+def export_coco(folder: OutputFolder, records: Sequence[dict], prompts: Sequence[str], polygons: bool = False) -> None:
+    """coco_semantic.json (from the label images) and coco_instances.json (from the records);
+    with ``polygons`` also their ``*_polygons.json`` twins (for Label Studio)."""
+    from clipseg_ros.coco_export import coco_document, instance_annotations, semantic_annotations, with_polygons
     from clipseg_ros.label_outputs import read_png
 
     images, semantic, instances = [], [], []
@@ -306,10 +307,14 @@ def export_coco(folder: OutputFolder, records: Sequence[dict], prompts: Sequence
         label = read_png(folder.label_path(record["name"]))
         semantic += semantic_annotations(label, image_id, len(semantic) + 1)
         instances += instance_annotations(record["objects"], image_id, len(instances) + 1)
-    folder.write_json("coco_semantic.json", coco_document(prompts, images, semantic, "clipseg_ros labels: "
-                                                          "one mask per image and prompt (the label image)"))
-    folder.write_json("coco_instances.json", coco_document(prompts, images, instances, "clipseg_ros objects: "
-                                                           "one mask per connected region of a prompt's mask"))
+    documents = {"coco_semantic": coco_document(prompts, images, semantic, "clipseg_ros labels: one mask per "
+                                                "image and prompt (the label image)"),
+                 "coco_instances": coco_document(prompts, images, instances, "clipseg_ros objects: one mask per "
+                                                 "connected region of a prompt's mask")}
+    for name, document in documents.items():
+        folder.write_json(f"{name}.json", document)
+        if polygons:  # Label Studio reads polygons only
+            folder.write_json(f"{name}_polygons.json", with_polygons(document))
 
 
 # ---------------------------------------------------------------------- command line
@@ -347,6 +352,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, default=1,
                    help="frames per vision pass (default 1: on a 2-core CPU 4 was no faster, 2.29 frames/s both; try more "
                         "on a GPU)")
+    p.add_argument("--coco-polygons", action="store_true",
+                   help="also write coco_semantic_polygons.json and coco_instances_polygons.json: the masks as "
+                        "polygons (Label Studio's COCO importer reads polygons only; holes are filled)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
@@ -414,7 +422,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         folder.write_summary(records, report.skipped, {"input": str(args.input), "kind": source.kind})
         if not report.stopped:
-            export_coco(folder, records, names)
+            export_coco(folder, records, names, polygons=args.coco_polygons)
             if args.bag_out:
                 from clipseg_ros.label_bag import write_enriched_bag
 

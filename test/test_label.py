@@ -532,3 +532,33 @@ def test_a_bag_time_window_stops_reading_at_its_end(tmp_path, tiny_checkpoint, m
     assert run([bag, "-o", tmp_path / "out", "--prompts", "cup", "--end", "0.15"], tiny_checkpoint) == 0
     assert len(json.loads((tmp_path / "out" / "labels.json").read_text())["frames"]) == 4  # raw + compressed x 2
     assert max(read) - min(read) < 300_000_000  # stopped at the first message past 0.15 s
+
+
+def test_coco_polygons_decode_to_the_same_masks_as_the_rle(folder, tmp_path, tiny_checkpoint):
+    """Issue 19, point 16: Label Studio's COCO importer reads polygons only (RLE 'not yet
+    supported'). With --coco-polygons each annotation also comes as polygons that rasterise to
+    exactly its RLE mask (holes filled: COCO polygons cannot cut one out)."""
+    from pycocotools import mask as coco_mask
+
+    out = tmp_path / "out"
+    assert run([folder, "-o", out, "--prompts", ";".join(PROMPTS), "--coco-polygons"], tiny_checkpoint) == 0
+    checked = 0
+    for name in ("coco_semantic", "coco_instances"):
+        rle_doc = json.loads((out / f"{name}.json").read_text())
+        poly_doc = json.loads((out / f"{name}_polygons.json").read_text())
+        assert len(rle_doc["annotations"]) == len(poly_doc["annotations"]) > 0
+        for rle_ann, poly_ann in zip(rle_doc["annotations"], poly_doc["annotations"]):
+            h, w = rle_ann["segmentation"]["size"]
+            polygons = poly_ann["segmentation"]
+            assert isinstance(polygons, list) and all(len(p) >= 6 and len(p) % 2 == 0 for p in polygons)
+            rle = dict(rle_ann["segmentation"], counts=rle_ann["segmentation"]["counts"].encode("ascii"))
+            mask = np.ascontiguousarray(coco_mask.decode(rle))  # pycocotools decodes column-major
+            filled = np.zeros_like(mask)
+            contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+            cv2.drawContours(filled, contours, -1, 1, -1)
+            decoded = coco_mask.decode(coco_mask.merge(coco_mask.frPyObjects(polygons, h, w)))
+            assert np.array_equal(decoded, filled)
+            assert {k: v for k, v in poly_ann.items() if k != "segmentation"} == \
+                {k: v for k, v in rle_ann.items() if k != "segmentation"}
+            checked += 1
+    assert checked >= 3
