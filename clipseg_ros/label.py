@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shutil
 import sys
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -35,7 +36,7 @@ import numpy as np
 
 from clipseg_ros.grids import resample_nearest
 from clipseg_ros.label_outputs import (DISK_FULL, DiskFull, FrameFiles, OutputConflict, OutputFolder, RunConfig,
-                                       label_dtype, pixels_digest)
+                                       checkpoint_id, label_dtype, pixels_digest)
 from clipseg_ros.label_sources import LabelInputError, Selection, SourceFrame, open_source
 
 EXIT_INPUT, EXIT_DISK_FULL, EXIT_FAILING, EXIT_INTERRUPTED = 2, 3, 4, 130
@@ -118,6 +119,39 @@ def load_prompts(engine, texts: Sequence[str], template: str, thresholds: dict, 
     if not state.names:
         raise LabelInputError("no prompts: give --prompts, --prompts-file or --prompt-store")
     return state
+
+
+BAG_OUT_FILE = "bag_out.json"  # which enriched bag this folder wrote, so a rerun may rewrite it
+
+
+def precision_label(precision) -> str:
+    """What a run's precision is, as recorded in run.json (it decides resuming)."""
+    name = lambda dtype: str(dtype).removeprefix("torch.")  # noqa: E731
+    int8 = f", vision int8 ({precision.vision_int8})" if precision.vision_int8 else ""
+    return f"{precision.name}: encoders {name(precision.encoders)}, decoder {name(precision.decoder)}{int8}"
+
+
+def bag_metadata_digest(bag: Path) -> str:
+    from clipseg_ros.label_outputs import sha256_bytes
+
+    return sha256_bytes((bag / "metadata.yaml").read_bytes())
+
+
+def bag_out_to_replace(bag_out: str, output: str) -> bool:
+    """Before the model loads: whether ``--bag-out`` exists as this output folder's own bag from
+    an earlier run (unchanged since: it is rewritten at the end); LabelInputError when it exists
+    otherwise; False when it does not exist."""
+    path = Path(bag_out).expanduser()
+    if not path.exists():
+        return False
+    try:
+        own = json.loads((Path(output).expanduser() / BAG_OUT_FILE).read_text())
+        if own["bag_out"] == str(path.resolve()) and own["metadata_sha256"] == bag_metadata_digest(path):
+            return True
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    raise LabelInputError(f"--bag-out {bag_out} exists and is not the bag this output folder wrote: give a new "
+                          "path (or delete it)")
 
 
 def prompts_from_file(path: str) -> list[str]:
@@ -380,6 +414,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         source = open_source(args.input, args.topics, selection, exclude=args.output)
         if args.bag_out and source.kind != "rosbag":
             raise LabelInputError("--bag-out needs a rosbag2 input")
+        replace_bag = bag_out_to_replace(args.bag_out, args.output) if args.bag_out else False
     except (PromptError, LabelInputError, OSError, ValueError) as exc:
         return fail(str(exc))
     try:
@@ -393,7 +428,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return fail(str(exc))
     names = state.names
     prompt_set = state.prompt_set
-    config = RunConfig(model=model, prompts=tuple(names), thresholds=prompt_set.thresholds_or(args.threshold),
+    precision = precision_label(engine.precision)
+    print(f"clipseg-label: {model} on {engine.device}, precision {engine.precision.describe()}")
+    config = RunConfig(model=model, model_id=checkpoint_id(model), precision=precision, device=engine.device.type,
+                       prompts=tuple(names), thresholds=prompt_set.thresholds_or(args.threshold),
                        template=state.template, threshold=args.threshold,
                        image_prompts=tuple((i.name, pixels_digest(i.example.prompt_image))
                                            for i in state.images),
@@ -420,14 +458,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             progress.close()
     records = labeller.done_records()
     try:
-        folder.write_summary(records, report.skipped, {"input": str(args.input), "kind": source.kind})
+        folder.write_summary(records, report.skipped, {"input": str(args.input), "kind": source.kind,
+                                                       "precision": engine.precision.describe(),
+                                                       "device": str(engine.device)})
         if not report.stopped:
             export_coco(folder, records, names, polygons=args.coco_polygons)
             if args.bag_out:
                 from clipseg_ros.label_bag import write_enriched_bag
 
+                if replace_bag:  # this folder's own bag from an earlier run of the same command
+                    shutil.rmtree(args.bag_out)
                 written = write_enriched_bag(Path(args.input), Path(args.bag_out), folder, records, config,
                                              storage=args.bag_storage)
+                folder.write_json(BAG_OUT_FILE, {"bag_out": str(Path(args.bag_out).resolve()),
+                                                 "metadata_sha256": bag_metadata_digest(Path(args.bag_out))})
                 print(f"clipseg-label: wrote {args.bag_out} ({written} output messages added)")
     except OSError as exc:
         if exc.errno not in DISK_FULL:

@@ -48,7 +48,13 @@ class DiskFull(OSError):
 
 @dataclass(frozen=True)
 class RunConfig:
-    """What decides the labels: two runs with equal configs write identical files."""
+    """What decides the labels: two runs with equal configs write identical files.
+
+    ``model`` is the checkpoint as given (for people); ``model_id`` what it is (see
+    :func:`checkpoint_id`), so the same checkpoint by another path resumes. ``precision`` and
+    ``device`` decide the masks too: a float32 run is not resumed in bfloat16. ``probabilities``
+    is what this run writes beside the labels; it does not decide them (a frame done without its
+    probability PNGs is done again when they are wanted)."""
 
     model: str
     prompts: tuple[str, ...]
@@ -59,6 +65,9 @@ class RunConfig:
     probabilities: bool = False
     min_object_area: float = 64.0
     max_objects: int = 16
+    model_id: str = ""
+    precision: str = ""
+    device: str = ""
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -71,15 +80,47 @@ class RunConfig:
                          image_prompts=tuple(tuple(p) for p in doc.get("image_prompts", ())),
                          probabilities=bool(doc.get("probabilities", False)),
                          min_object_area=float(doc.get("min_object_area", 64.0)),
-                         max_objects=int(doc.get("max_objects", 16)))
+                         max_objects=int(doc.get("max_objects", 16)), model_id=str(doc.get("model_id", "")),
+                         precision=str(doc.get("precision", "")), device=str(doc.get("device", "")))
+
+    def _deciding(self) -> dict:
+        """The settings that decide the labels."""
+        doc = self.to_json()
+        doc.pop("probabilities")
+        if self.model_id:
+            doc.pop("model")
+        return doc
 
     def differences(self, other: "RunConfig") -> list[str]:
-        mine, theirs = self.to_json(), other.to_json()
-        return [f"{key}: {theirs[key]!r} there, {mine[key]!r} now" for key in mine if mine[key] != theirs[key]]
+        mine, theirs = self._deciding(), other._deciding()
+        if self.model_id and "model" in theirs:  # a folder from before model_id: compare what is known
+            theirs.pop("model")
+        return [f"{key}: {theirs.get(key)!r} there, {mine[key]!r} now" for key in mine if mine[key] != theirs.get(key)]
 
     @property
     def digest(self) -> str:
-        return sha256_bytes(json.dumps(self.to_json(), sort_keys=True).encode())
+        return sha256_bytes(json.dumps(self._deciding(), sort_keys=True).encode())
+
+
+def checkpoint_id(model: str) -> str:
+    """What a checkpoint is, whatever path names it: for a local directory a digest of its
+    config.json and, per weights file, its size and three 1 MiB samples (start, middle, end: a
+    copy or a symlink is the same checkpoint, other weights are not); a hub id as it is."""
+    path = Path(model).expanduser()
+    if not path.is_dir():
+        return f"hub:{model}"
+    digest = hashlib.sha256()
+    for file in sorted(path.iterdir()):
+        if file.name == "config.json":
+            digest.update(b"config" + file.read_bytes())
+        elif file.suffix in (".safetensors", ".bin"):
+            size = file.stat().st_size
+            digest.update(file.name.encode() + str(size).encode())
+            with open(file, "rb") as f:
+                for offset in (0, max(0, size // 2 - (1 << 19)), max(0, size - (1 << 20))):
+                    f.seek(offset)
+                    digest.update(f.read(1 << 20))
+    return digest.hexdigest()[:32]
 
 
 @dataclass(frozen=True, eq=False)
@@ -155,7 +196,8 @@ class OutputFolder:
     def clear(self) -> None:
         for d in OUTPUT_DIRS:
             shutil.rmtree(self.root / d, ignore_errors=True)
-        for f in (RUN_FILE, SUMMARY_FILE, "coco_semantic.json", "coco_instances.json"):
+        for f in (RUN_FILE, SUMMARY_FILE, "coco_semantic.json", "coco_instances.json", "coco_semantic_polygons.json",
+                  "coco_instances_polygons.json", "bag_out.json"):
             (self.root / f).unlink(missing_ok=True)
 
     # -------------------------------------------------------------- paths
@@ -175,7 +217,10 @@ class OutputFolder:
             return None
         if record.get("source_sha256") != source_digest or record.get("run") != self.config.digest:
             return None
-        for relative, digest in record.get("files", {}).items():
+        files = record.get("files", {})
+        if self.config.probabilities and not any(f.startswith("probabilities/") for f in files):
+            return None  # done without the probabilities this run writes (e.g. --bag-out added)
+        for relative, digest in files.items():
             try:
                 if sha256_bytes((self.root / relative).read_bytes()) != digest:
                     return None

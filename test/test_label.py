@@ -562,3 +562,44 @@ def test_coco_polygons_decode_to_the_same_masks_as_the_rle(folder, tmp_path, tin
                 {k: v for k, v in rle_ann.items() if k != "segmentation"}
             checked += 1
     assert checked >= 3
+
+
+def test_resuming_follows_what_decides_the_masks(folder, tmp_path, tiny_checkpoint, capsys):
+    """Issue 19, point 12: dtype and device did not decide resuming (a float32 run resumed in
+    bfloat16 mixed precisions silently) while the same checkpoint by another path was refused;
+    the precision was written nowhere."""
+    out = tmp_path / "out"
+    args = [folder, "-o", out, "--prompts", ";".join(PROMPTS)]
+    assert run(args, tiny_checkpoint) == 0
+    run_doc = json.loads((out / "run.json").read_text())
+    assert run_doc["precision"].startswith("float32") and run_doc["device"] == "cpu"
+    assert json.loads((out / "labels.json").read_text())["precision"].startswith("float32")
+    assert "precision float32" in capsys.readouterr().out
+    assert label_cli.main([*map(str, args), "--model", str(tiny_checkpoint), "--device", "cpu", "--dtype",
+                           "bfloat16", "--no-progress"]) == 2
+    assert "precision: 'float32" in capsys.readouterr().err
+    elsewhere = tmp_path / "same_checkpoint"
+    elsewhere.symlink_to(tiny_checkpoint, target_is_directory=True)
+    assert run(args, elsewhere) == 0
+    assert "3 already done" in capsys.readouterr().out
+
+
+def test_bag_out_added_to_a_finished_folder_and_rerun(tmp_path, tiny_checkpoint, capsys):
+    """Issue 19, point 12: adding --bag-out to a finished folder was refused as other settings,
+    and an existing --bag-out path was found only after the whole run (rc 1)."""
+    bag = tmp_path / "bag"
+    write_bag(bag, "sqlite3", frames=2)
+    out, enriched = tmp_path / "out", tmp_path / "enriched"
+    assert run([bag, "-o", out, "--prompts", "cup"], tiny_checkpoint) == 0
+    with_bag = [bag, "-o", out, "--prompts", "cup", "--bag-out", enriched]
+    assert run(with_bag, tiny_checkpoint) == 0  # the frames are labelled again with their probabilities
+    assert "4 frames labelled" in capsys.readouterr().out and (enriched / "metadata.yaml").exists()
+    assert run(with_bag, tiny_checkpoint) == 0  # the same command again: resumes, rewrites its own bag
+    printed = capsys.readouterr().out
+    assert "4 already done" in printed and "wrote" in printed
+    stranger = tmp_path / "someone_elses"
+    stranger.mkdir()
+    assert run([bag, "-o", tmp_path / "other", "--prompts", "cup", "--bag-out", stranger], tiny_checkpoint) == 2
+    captured = capsys.readouterr()
+    assert "exists and is not the bag this output folder wrote" in captured.err
+    assert "precision" not in captured.out  # refused before the model loaded
