@@ -52,14 +52,11 @@ def mask_polygons(mask: np.ndarray) -> list[list[float]]:
     return polygons
 
 
-def with_polygons(document: dict) -> dict:
-    """The same COCO document with every RLE ``segmentation`` as polygons (see the module doc)."""
-    annotations = []
-    for annotation in document["annotations"]:
-        rle = annotation["segmentation"]
-        mask = coco_mask.decode({"size": rle["size"], "counts": rle["counts"].encode("ascii")})
-        annotations.append(dict(annotation, segmentation=mask_polygons(mask)))
-    return dict(document, annotations=annotations)
+def polygon_annotation(annotation: dict) -> dict:
+    """The same annotation with its RLE ``segmentation`` as polygons (see the module doc)."""
+    rle = annotation["segmentation"]
+    mask = coco_mask.decode({"size": rle["size"], "counts": rle["counts"].encode("ascii")})
+    return dict(annotation, segmentation=mask_polygons(mask))
 
 
 def rle_box_and_area(rle: dict) -> tuple[list[float], int]:

@@ -30,7 +30,7 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -199,7 +199,9 @@ class Labeller:
         self.engine, self.folder, self.options = engine, folder, options
         self.prompt_set = prompt_state.prompt_set
         self.batch = max(1, int(batch))
-        self.records: dict[str, dict] = {}  # name -> record, in source order
+        # Nothing per frame stays in memory: the frames met go to the folder's order file, their
+        # records are on disk (31.8 kB a frame of RLE on smooth masks were kept before: 3.2 GB
+        # per 100k frames).
         self._failures_in_a_row = 0
 
     def run(self, source, progress=None) -> RunReport:
@@ -207,6 +209,7 @@ class Labeller:
         t0 = time.perf_counter()
         pending: list[tuple[SourceFrame, str]] = []
         writes: list[Future] = []
+        self.folder.start_order()
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="clipseg_label_writer") as writer:
             try:
                 for frame in source:
@@ -215,13 +218,11 @@ class Labeller:
                         self._tick(progress, report)
                         continue
                     digest = pixels_digest(frame.rgb)
-                    record = self.folder.done(frame.name, digest)
-                    if record is not None:
-                        self.records[frame.name] = record
+                    self.folder.add_to_order(frame.name, digest)
+                    if self.folder.done(frame.name, digest) is not None:
                         report.resumed += 1
                         self._tick(progress, report)
                         continue
-                    self.records[frame.name] = None  # its place in source order
                     pending.append((frame, digest))
                     if len(pending) >= self.batch:
                         writes = self._finish(writes, report, progress)
@@ -240,6 +241,7 @@ class Labeller:
             except KeyboardInterrupt:
                 report.stopped = "interrupted; run the same command again to resume"
                 self._drain(writes, report)
+        self.folder.close_order()
         report.seconds = time.perf_counter() - t0
         return report
 
@@ -258,7 +260,6 @@ class Labeller:
 
     def _failed(self, name: str, origin: str, reason: str, report: RunReport, progress) -> None:
         """Skip one frame that failed; RepeatedFailures after MAX_FAILURES_IN_A_ROW in a row."""
-        self.records.pop(name, None)
         report.skipped.append({"name": name, "origin": origin, "reason": reason})
         self._tick(progress, report)
         self._failures_in_a_row += 1
@@ -297,11 +298,10 @@ class Labeller:
                 continue
             writes.remove(future)
             try:
-                record = future.result()  # DiskFull propagates from here
+                future.result()  # DiskFull propagates from here
             except FrameFailed as exc:
                 self._failed(exc.name, exc.origin, exc.reason, report, progress)
                 continue
-            self.records[record["name"]] = record
             report.labelled += 1
             self._failures_in_a_row = 0
             self._tick(progress, report)
@@ -311,10 +311,9 @@ class Labeller:
         """After a stop: keep the writes that succeeded, drop the rest (they left nothing)."""
         for future in writes:
             try:
-                record = future.result()
+                future.result()
             except Exception:  # noqa: BLE001 - already stopping (DiskFull or else): the frame is simply not done
                 continue
-            self.records[record["name"]] = record
             report.labelled += 1
 
     @staticmethod
@@ -324,31 +323,50 @@ class Labeller:
             progress.set_postfix(labelled=report.labelled, resumed=report.resumed, skipped=len(report.skipped),
                                  refresh=False)
 
-    def done_records(self) -> list[dict]:
-        return [r for r in self.records.values() if r is not None]
+    def done_records(self) -> Iterator[dict]:
+        """The records of this run's done frames, in source order, read from disk (see
+        :meth:`OutputFolder.done_records`): call it again for another pass."""
+        return self.folder.done_records()
 
 
-def export_coco(folder: OutputFolder, records: Sequence[dict], prompts: Sequence[str], polygons: bool = False) -> None:
+def export_coco(folder: OutputFolder, records: Callable[[], Iterable[dict]], prompts: Sequence[str],
+                polygons: bool = False) -> None:
     """coco_semantic.json (from the label images) and coco_instances.json (from the records);
-    with ``polygons`` also their ``*_polygons.json`` twins (for Label Studio)."""
-    from clipseg_ros.coco_export import coco_document, instance_annotations, semantic_annotations, with_polygons
+    with ``polygons`` also their ``*_polygons.json`` twins (for Label Studio). ``records()``
+    gives the records in order, afresh for each pass: every document is written as it is read
+    (images, then annotations), so memory does not grow with the number of frames."""
+    from clipseg_ros.coco_export import (categories, instance_annotations, polygon_annotation,
+                                         semantic_annotations)
     from clipseg_ros.label_outputs import read_png
 
-    images, semantic, instances = [], [], []
-    for image_id, record in enumerate(records, start=1):
-        images.append({"id": image_id, "file_name": record["file_name"], "width": record["width"],
-                       "height": record["height"]})
-        label = read_png(folder.label_path(record["name"]))
-        semantic += semantic_annotations(label, image_id, len(semantic) + 1)
-        instances += instance_annotations(record["objects"], image_id, len(instances) + 1)
-    documents = {"coco_semantic": coco_document(prompts, images, semantic, "clipseg_ros labels: one mask per "
-                                                "image and prompt (the label image)"),
-                 "coco_instances": coco_document(prompts, images, instances, "clipseg_ros objects: one mask per "
-                                                 "connected region of a prompt's mask")}
-    for name, document in documents.items():
-        folder.write_json(f"{name}.json", document)
+    def images():
+        for image_id, record in enumerate(records(), start=1):
+            yield {"id": image_id, "file_name": record["file_name"], "width": record["width"],
+                   "height": record["height"]}
+
+    def semantic():
+        next_id = 1
+        for image_id, record in enumerate(records(), start=1):
+            for annotation in semantic_annotations(read_png(folder.label_path(record["name"])), image_id, next_id):
+                next_id += 1
+                yield annotation
+
+    def instances():
+        next_id = 1
+        for image_id, record in enumerate(records(), start=1):
+            for annotation in instance_annotations(record["objects"], image_id, next_id):
+                next_id += 1
+                yield annotation
+
+    descriptions = {"coco_semantic": ("clipseg_ros labels: one mask per image and prompt (the label image)", semantic),
+                    "coco_instances": ("clipseg_ros objects: one mask per connected region of a prompt's mask",
+                                       instances)}
+    for name, (description, annotated) in descriptions.items():
+        head = {"info": {"description": description}, "licenses": [], "categories": categories(prompts)}
+        folder.write_json_streamed(f"{name}.json", head, {"images": images(), "annotations": annotated()})
         if polygons:  # Label Studio reads polygons only
-            folder.write_json(f"{name}_polygons.json", with_polygons(document))
+            folder.write_json_streamed(f"{name}_polygons.json", head, {
+                "images": images(), "annotations": (polygon_annotation(a) for a in annotated())})
 
 
 # ---------------------------------------------------------------------- command line
@@ -456,9 +474,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         if progress is not None:
             progress.close()
-    records = labeller.done_records()
+    records = labeller.done_records  # read from disk, once per pass
     try:
-        folder.write_summary(records, report.skipped, {"input": str(args.input), "kind": source.kind,
+        folder.write_summary(records(), report.skipped, {"input": str(args.input), "kind": source.kind,
                                                        "precision": engine.precision.describe(),
                                                        "device": str(engine.device)})
         if not report.stopped:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -88,11 +88,13 @@ def frame_messages(record: dict, folder: OutputFolder, config: RunConfig):
     return out.segmentation, out.label, out.confidences
 
 
-def write_enriched_bag(source: Path, destination: Path, folder: OutputFolder, records: Sequence[dict],
-                       config: RunConfig, storage: str | None = None) -> int:
-    """Copy ``source`` to ``destination`` (a new rosbag2 folder) with the outputs of ``records``
-    added; returns how many output messages were added. LabelInputError when ``destination``
-    exists."""
+def write_enriched_bag(source: Path, destination: Path, folder: OutputFolder,
+                       records: Callable[[], Iterable[dict]], config: RunConfig, storage: str | None = None) -> int:
+    """Copy ``source`` to ``destination`` (a new rosbag2 folder) with the outputs of the records
+    added; returns how many output messages were added. ``records()`` gives them in the bag's
+    time order (the labeller's source order), afresh for each pass: they are merged with the
+    bag's messages as both are read, so memory does not grow with the number of frames.
+    LabelInputError when ``destination`` exists."""
     from rclpy.serialization import serialize_message
     from rosbags.rosbag2 import StoragePlugin, Writer
     from rosbags.typesys import Stores, get_typestore, get_types_from_msg
@@ -104,8 +106,8 @@ def write_enriched_bag(source: Path, destination: Path, folder: OutputFolder, re
     for msgtype, text in interface_definitions().items():
         types.update(get_types_from_msg(text, msgtype))
     typestore.register(types)
-    by_message = {(r["topic"], int(r["bag_time_ns"])): r for r in records if r.get("topic")}
-    prefixes = output_prefixes(sorted({r["topic"] for r in by_message.values()}))
+    prefixes = output_prefixes(sorted({r["topic"] for r in records() if r.get("topic")}))
+    ahead = _RecordsAhead(r for r in records() if r.get("topic"))
     plugin = StoragePlugin.MCAP if (storage or bag_storage(source)) == "mcap" else StoragePlugin.SQLITE3
     added = 0
     with open_bag(source) as reader, Writer(destination, version=9,
@@ -124,7 +126,7 @@ def write_enriched_bag(source: Path, destination: Path, folder: OutputFolder, re
                                                     typestore=typestore))
         for connection, time_ns, raw in reader.messages():
             writer.write(copies[connection.id], time_ns, raw)
-            record = by_message.get((connection.topic, time_ns))
+            record = ahead.take(connection.topic, time_ns)
             if record is None:
                 continue
             for out_connection, msg in zip(outputs[connection.topic],
@@ -132,3 +134,25 @@ def write_enriched_bag(source: Path, destination: Path, folder: OutputFolder, re
                 writer.write(out_connection, time_ns, serialize_message(msg))
                 added += 1
     return added
+
+
+class _RecordsAhead:
+    """Records in time order, read as far as the bag's current message: ``take`` finds the one
+    for a message (or None). Only records of the current record time are held, so messages of
+    one time on several topics match whatever order the reader gives them in."""
+
+    def __init__(self, records: Iterator[dict]):
+        self._records = iter(records)
+        self._held: dict[tuple[str, int], dict] = {}
+        self._latest = -1
+
+    def take(self, topic: str, time_ns: int) -> dict | None:
+        while self._latest <= time_ns:
+            record = next(self._records, None)
+            if record is None:
+                break
+            self._latest = int(record["bag_time_ns"])
+            self._held[(record["topic"], self._latest)] = record
+        for key in [k for k in self._held if k[1] < time_ns]:  # passed without a message: none will come
+            del self._held[key]
+        return self._held.pop((topic, time_ns), None)

@@ -19,22 +19,25 @@ content, not by names), so an interrupted run (Ctrl-C, disk full) resumes where 
 from __future__ import annotations
 
 import errno
+import filecmp
 import hashlib
 import json
 import os
 import shutil
+import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import cv2
 import numpy as np
 
-from clipseg_ros.atomic_files import write_atomic
+from clipseg_ros.atomic_files import current_umask, write_atomic
 
 RUN_FILE = "run.json"
 SUMMARY_FILE = "labels.json"
 OUTPUT_DIRS = ("labels", "probabilities", "images", "frames")
+ORDER_FILE = "order.jsonl"  # the frames the last run met, in source order
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
@@ -196,8 +199,8 @@ class OutputFolder:
     def clear(self) -> None:
         for d in OUTPUT_DIRS:
             shutil.rmtree(self.root / d, ignore_errors=True)
-        for f in (RUN_FILE, SUMMARY_FILE, "coco_semantic.json", "coco_instances.json", "coco_semantic_polygons.json",
-                  "coco_instances_polygons.json", "bag_out.json"):
+        for f in (RUN_FILE, SUMMARY_FILE, ORDER_FILE, "coco_semantic.json", "coco_instances.json",
+                  "coco_semantic_polygons.json", "coco_instances_polygons.json", "bag_out.json"):
             (self.root / f).unlink(missing_ok=True)
 
     # -------------------------------------------------------------- paths
@@ -255,15 +258,78 @@ class OutputFolder:
             raise
         return record
 
+    # -------------------------------------------------------------- the run's order
+    def start_order(self) -> None:
+        """A new run's list of the frames it meets, in source order (on disk: it grows with the
+        frames, memory does not)."""
+        self._order = open(self.root / f".{ORDER_FILE}.tmp", "w", encoding="utf-8")
+
+    def add_to_order(self, name: str, source_digest: str) -> None:
+        self._order.write(json.dumps([name, source_digest]) + "\n")
+
+    def close_order(self) -> None:
+        """The run's order file in place (left as it was when the same: a rerun rewrites nothing)."""
+        if getattr(self, "_order", None) is None:
+            return
+        self._order.close()
+        self._order = None
+        tmp, path = self.root / f".{ORDER_FILE}.tmp", self.root / ORDER_FILE
+        if path.exists() and filecmp.cmp(tmp, path, shallow=False):
+            tmp.unlink()
+        else:
+            os.chmod(tmp, 0o666 & ~current_umask())
+            os.replace(tmp, path)
+
+    def done_records(self) -> Iterator[dict]:
+        """The records of the frames the last run met that are done (for their pixels and this
+        config), in source order, read from disk one at a time."""
+        try:
+            lines = open(self.root / ORDER_FILE, encoding="utf-8")
+        except FileNotFoundError:
+            return
+        with lines:
+            for line in lines:
+                name, digest = json.loads(line)
+                try:
+                    record = json.loads(self.record_path(name).read_text())
+                except (OSError, ValueError):
+                    continue
+                if record.get("source_sha256") == digest and record.get("run") == self.config.digest:
+                    yield record
+
     def write_summary(self, records: Iterable[dict], skipped: Sequence[dict], extra: dict | None = None) -> Path:
         """``labels.json``: the run, every record in source order (objects without their masks,
         which are in the records and coco_instances.json: a noisy mask's RLE can be hundreds of
-        kB a frame), and the skipped frames."""
-        frames = [dict(r, objects=[{k: v for k, v in o.items() if k != "rle"} for o in r.get("objects", [])])
-                  for r in records]
-        doc = {"run": self.config.to_json(), **(extra or {}), "frames": frames, "skipped": list(skipped)}
-        path = self.root / SUMMARY_FILE
-        self._write_if_changed(path, json.dumps(doc, indent=1).encode())
+        kB a frame), and the skipped frames; written as the records are read."""
+        frames = (dict(r, objects=[{k: v for k, v in o.items() if k != "rle"} for o in r.get("objects", [])])
+                  for r in records)
+        return self.write_json_streamed(SUMMARY_FILE, {"run": self.config.to_json(), **(extra or {})},
+                                        {"frames": frames, "skipped": iter(skipped)})
+
+    def write_json_streamed(self, filename: str, head: dict, arrays: dict[str, Iterable]) -> Path:
+        """A JSON object of ``head``'s fields, then one array per entry of ``arrays`` written item
+        by item (a memory bound that does not grow with the number of items). Written under a
+        temporary name and renamed; a file with the same content is left as it was."""
+        path = self.root / filename
+        fd, tmp = tempfile.mkstemp(prefix=f".{filename}.", suffix=".tmp", dir=self.root)
+        try:
+            os.fchmod(fd, 0o666 & ~current_umask())
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write("{" + ", ".join(f"{json.dumps(k)}: {json.dumps(v)}" for k, v in head.items()))
+                for n, (key, items) in enumerate(arrays.items()):
+                    f.write((", " if head or n else "") + f"{json.dumps(key)}: [")
+                    for i, item in enumerate(items):
+                        f.write((",\n" if i else "\n") + json.dumps(item))
+                    f.write("]")
+                f.write("}\n")
+            if path.exists() and filecmp.cmp(tmp, path, shallow=False):
+                os.unlink(tmp)
+                return path
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
         return path
 
     def write_json(self, filename: str, doc: dict) -> Path:
