@@ -75,9 +75,8 @@ class Camera:
     stats: diagnostics.StreamStats
     publishers: OutputPublishers
     timeline: CameraTimeline  # the last model frame, smoothing, tracks
-    latest: object = None  # the newest frame that passed the arrival checks
+    newest: Frame | None = None  # the newest frame that passed the arrival checks (an overtaken model result goes to it)
     recent: deque = field(default_factory=deque)  # (stamp s, Frame) of the last teach_history frames (for ~/teach)
-    newest: Frame | None = None  # the same, as a Frame (a model result overtaken during inference goes to it)
     depth: DepthInput | None = None  # subscribed while active, when the camera has a depth topic
     received: int = 0  # frames that passed the arrival checks (their sequence numbers)
     published: int = -1  # sequence number of the newest frame published: outputs never go back
@@ -176,7 +175,7 @@ class ClipSegNode(LifecycleNode):
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         for cam in self.cameras:  # nothing is carried from before a deactivation
             cam.timeline.reset()
-            cam.latest, cam.newest, cam.published, cam.inferring = None, None, -1, -1
+            cam.newest, cam.published, cam.inferring = None, -1, -1
             cam.recent = deque(maxlen=self.settings.teach_history)
         if self.settings.propagate:
             self._begin_propagation()
@@ -244,7 +243,7 @@ class ClipSegNode(LifecycleNode):
             if cam.depth is not None:
                 cam.depth.destroy(self)
                 cam.depth = None
-            cam.latest = cam.newest = None  # nothing is taught from before a deactivation
+            cam.newest = None  # nothing is taught from before a deactivation
             cam.recent.clear()
         workers = [w for w in (self._worker, self._propagation_worker) if w is not None]
         for worker in workers:
@@ -361,7 +360,6 @@ class ClipSegNode(LifecycleNode):
             cam.stats.on_received(now, superseded=False)
             self._refuse_frame(cam, now, str(exc))
             return
-        cam.latest = msg
         frame = Frame(cam.spec.index, msg, now, cam.received)
         cam.received += 1
         cam.newest = frame

@@ -295,9 +295,9 @@ class PromptInterfaces:
                 return cameras[0]
             raise PromptError(f"{len(cameras)} cameras: name one of {[c.spec.name for c in cameras]}")
         for cam in cameras:
-            latest = cam.latest
+            newest = cam.newest
             if selector in (cam.spec.name, cam.spec.topic, cam.spec.resolved_topic) or (
-                    latest is not None and selector == latest.header.frame_id):
+                    newest is not None and selector == newest.message.header.frame_id):
                 return cam
         raise PromptError(f"unknown camera '{selector}': one of {[c.spec.name for c in cameras]} (or their "
                           "image topics)")

@@ -157,7 +157,9 @@ def test_disk_full_stops_cleanly_and_the_rerun_finishes(folder, tmp_path, tiny_c
     monkeypatch.setattr(OutputFolder, "_write", staticmethod(filling_write))
     args = [folder, "-o", out, "--prompts", ";".join(PROMPTS), "--batch", "1"]
     assert run(args, tiny_checkpoint) == 3
-    assert "disk is full" in capsys.readouterr().err
+    captured = capsys.readouterr()
+    assert "disk is full" in captured.err
+    assert "1 frames labelled" in captured.out  # a only (issue 19, point 15: it was counted twice)
     assert (out / "frames" / "a.json").exists()
     assert not (out / "labels" / "b.png").exists() and not (out / "frames" / "b.json").exists()
     assert not list(out.rglob("*.tmp"))
@@ -633,3 +635,23 @@ def test_memory_does_not_grow_with_the_number_of_frames(tmp_path, tiny_checkpoin
     record_bytes = np.mean([p.stat().st_size for p in (tmp_path / "out_80" / "frames").glob("*.json")])
     assert record_bytes > 10_000  # what would have been kept per frame
     assert peaks[80] - peaks[20] < 0.2 * 60 * record_bytes, (peaks, record_bytes)
+
+
+def test_a_stop_in_the_middle_of_collecting_writes_counts_each_frame_once(folder, tmp_path, tiny_checkpoint,
+                                                                         monkeypatch, capsys):
+    """Issue 19, point 15: after DiskFull in _finish, frames collected before it were counted
+    again by _drain (report.labelled double-counted)."""
+    out = tmp_path / "out"
+    real_write = OutputFolder._write
+    calls = {"n": 0}
+
+    def filling_write(path, data):
+        calls["n"] += 1
+        if calls["n"] > 4:  # run.json, a's label and record, b's label: b's record fails
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_write(path, data)
+
+    monkeypatch.setattr(OutputFolder, "_write", staticmethod(filling_write))
+    assert run([folder, "-o", out, "--prompts", ";".join(PROMPTS), "--batch", "2"], tiny_checkpoint) == 3
+    printed = capsys.readouterr().out
+    assert "1 frames labelled" in printed and len(list((out / "frames").glob("*.json"))) == 1
