@@ -159,7 +159,12 @@ def test_without_spare_model_time_propagation_keeps_to_its_budget(node, client):
         start = time.monotonic()
         wait_for(lambda: (cam.publish(image), time.monotonic() - start >= 3.0)[1], 10, 0.005, "3 s of camera frames")
         carried = [m for m in segs if m.propagated]
-        assert len(carried) <= cap * 3.0 * 1.5 + 2, (len(carried), cap)  # the cap moves with the measured cost
+        # The first output of each model frame is the model's own result, carried to the newest
+        # frame because newer propagated frames overtook it during inference: not propagation's
+        # extra work. The rest is what the budget holds.
+        first_of_model = len({round(stamp(m) - m.model_frame_age, 3) for m in carried})
+        extra = len(carried) - first_of_model
+        assert extra <= cap * 3.0 * 1.5 + 2, (extra, len(carried), cap)  # the cap moves with the measured cost
         assert any(not m.propagated for m in segs)  # the model goes on
     finally:
         assert all(r.successful for r in client.set_params(NODE, rate=1.0, propagation_budget=0.1))

@@ -293,10 +293,21 @@ def test_prompts_changed_during_inference_apply_from_the_next_frame(live_node, c
     wait_for(lambda: pub.get_subscription_count() > 0, 30, what="prompt subscriber")
     pub.publish(String(data="chair"))
     wait_for(lambda: list(node.prompts.prompt_set.names) == ["chair"], 10, what="new prompt set installed")
+    release_seq = cam.seq  # frames numbered from here on are published after the release
+
+    def seq(seg) -> int:
+        return int(seg.header.frame_id.split(":")[1])
+
     release.set()
-    first = wait_for(lambda: segs[before:] and segs[before], 10, what="the frame in flight")
-    assert list(first.prompts) == ["cup", "door handle"]  # the set it started with
-    assert list(cam.publish_until(segs, 1)[-1].prompts) == ["chair"]
+
+    def later_frame():
+        cam.publish()
+        time.sleep(0.05)  # the camera's period
+        return next((m for m in segs if seq(m) >= release_seq), None)
+    assert list(wait_for(later_frame, 30, 0, "a frame published after the release").prompts) == ["chair"]
+    # the frame in flight (and any warm-up frame still arriving) went out before it, with the set it started with
+    in_flight = [m for m in segs[before:] if seq(m) < release_seq]
+    assert in_flight and all(list(m.prompts) == ["cup", "door handle"] for m in in_flight)
 
 
 def test_camera_that_stops_is_reported_and_recovers(live_node, client):
