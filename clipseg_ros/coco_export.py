@@ -20,7 +20,7 @@ is filled: COCO polygons cannot cut one out, the RLE files keep it).
 
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import numpy as np
 from pycocotools import mask as coco_mask
@@ -79,12 +79,6 @@ def semantic_annotations(label: np.ndarray, image_id: int, first_id: int) -> lis
         out.append({"id": first_id + len(out), "image_id": image_id, "category_id": int(value),
                     "segmentation": rle, "area": area, "bbox": bbox, "iscrowd": 0})
     return out
-
-
-def coco_document(prompts: Sequence[str], images: Sequence[dict], annotations: Iterable[dict],
-                  description: str) -> dict:
-    return {"info": {"description": description}, "licenses": [], "categories": categories(prompts),
-            "images": list(images), "annotations": list(annotations)}
 
 
 def instance_annotations(objects: Sequence[dict], image_id: int, first_id: int) -> list[dict]:

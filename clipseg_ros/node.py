@@ -51,7 +51,7 @@ from clipseg_ros.propagation import PropagationStopped
 from clipseg_ros.scene import DepthFrame, build_scene
 from clipseg_ros.settings import NodeSettings, parameter_specs, plain_value
 from clipseg_ros.temporal import CameraTimeline, propagation_rate
-from clipseg_ros.throttled_log import ThrottledLog, problem_kind
+from clipseg_ros.throttled_log import ThrottledLog, failure_line, problem_kind
 
 PROPAGATION_SWITCH_INTERVAL_S = 0.0005
 # Ctrl-C: every thread is told to stop at once, then all are waited for this long together, well
@@ -404,8 +404,7 @@ class ClipSegNode(LifecycleNode):
             results = engine.segment_batch([rgb for _, _, rgb in taken], prompt_set, threshold=settings.threshold,
                                            output_size=settings.mask_resolution)
         except Exception as exc:  # noqa: BLE001 - out of memory, NaN output, driver errors: drop, go on
-            text = str(exc).strip()
-            reason = f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"
+            reason = failure_line(exc)
             for cam, _, _ in taken:
                 cam.stats.on_failed(reason)
             if isinstance(exc, OUT_OF_MEMORY_ERRORS):
@@ -443,10 +442,8 @@ class ClipSegNode(LifecycleNode):
         except PropagationStopped:
             raise
         except Exception as exc:  # noqa: BLE001 - isolated by design; the reason is logged
-            text = str(exc).strip()
             self.log.error(f"{cam.spec.name}:{stage}:{type(exc).__name__}",
-                           f"{cam.spec.name}: {stage} failed, the frame goes out without it: {type(exc).__name__}: "
-                           f"{text.splitlines()[0] if text else ''}")
+                           f"{cam.spec.name}: {stage} failed, the frame goes out without it: {failure_line(exc)}")
             return fallback() if callable(fallback) else fallback
 
     def _frame_outputs(self, cam: Camera, frame: Frame, rgb, result, settings: NodeSettings, prompt_set):

@@ -32,13 +32,7 @@ from clipseg_ros.prompts import (ImagePrompt, PromptBook, PromptChange, PromptEr
                                  texts_from_request, texts_from_topic, thresholds_from_parameter,
                                  thresholds_to_parameter)
 from clipseg_ros.spinner import BackgroundSpinner
-from clipseg_ros.throttled_log import problem_kind
-
-
-def unexpected(exc: Exception) -> str:
-    """An unexpected failure as one line: its type and first line."""
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"
+from clipseg_ros.throttled_log import failure_line, problem_kind
 
 
 class PromptInterfaces:
@@ -232,7 +226,7 @@ class PromptInterfaces:
             self.node.log.warning(f"prompts_topic:{msg.data[:40]!r}", f"~/prompts {exc}")
         except Exception as exc:  # noqa: BLE001 - the executor must go on serving
             self.node.log.error(f"prompts_topic:{type(exc).__name__}", f"~/prompts failed: "
-                                f"{unexpected(exc)}")
+                                f"{failure_line(exc)}")
 
     def _embedded(self, request: ExampleRequest) -> ImagePrompt:
         """Embed one example (a full vision pass: called on the prompt-image thread only)."""
@@ -249,7 +243,7 @@ class PromptInterfaces:
             self.node.log.warning(f"prompt_image:{problem_kind(str(exc))}", f"~/prompt_image '{name}' refused: {exc}")
         except Exception as exc:  # noqa: BLE001 - the helper thread must live on
             self.node.log.error(f"prompt_image:{type(exc).__name__}",
-                                f"~/prompt_image '{name}' failed: {unexpected(exc)}")
+                                f"~/prompt_image '{name}' failed: {failure_line(exc)}")
 
     def _serve(self, service: str, response, change, report):
         """One prompt service call: ``change()`` commits and returns (state, message), or raises
@@ -262,7 +256,7 @@ class PromptInterfaces:
             self.node.get_logger().warning(f"{service} refused: {exc}")
             response.success, response.message, state = False, str(exc), self.book.state
         except Exception as exc:  # noqa: BLE001 - e.g. CUDA out of memory while embedding: answer, live on
-            reason = unexpected(exc)
+            reason = failure_line(exc)
             self.node.get_logger().error(f"{service} failed: {reason}")
             response.success, response.message, state = False, f"failed: {reason}", self.book.state
         report(response, state)
@@ -378,7 +372,7 @@ class PromptInterfaces:
             self.node.log.warning(f"teach_region:{problem_kind(str(exc))}", f"~/teach_region refused: {exc}")
         except Exception as exc:  # noqa: BLE001 - the helper thread must live on
             self.node.log.error(f"teach_region:{type(exc).__name__}",
-                                f"~/teach_region failed: {unexpected(exc)}")
+                                f"~/teach_region failed: {failure_line(exc)}")
 
     def _on_set_thresholds(self, request: SetThresholds.Request,
                            response: SetThresholds.Response) -> SetThresholds.Response:

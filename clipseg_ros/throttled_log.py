@@ -16,6 +16,12 @@ def problem_kind(reason: str) -> str:
     return re.sub(r"'[^']*'|\d+", "#", reason)[:80]
 
 
+def failure_line(exc: BaseException) -> str:
+    """An exception as one log line: its type and the first line of its message."""
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"
+
+
 class ThrottledLog:
     """Logs at most once per ``period`` for each key, then says how many were held back."""
 
