@@ -1,12 +1,17 @@
+import re
 from glob import glob
+from pathlib import Path
 
 from setuptools import find_packages, setup
 
 PACKAGE = "clipseg_ros"
+# The one version: package.xml's (ROS tools read it there); clipseg_ros.__version__ reads the
+# installed metadata this writes.
+VERSION = re.search(r"<version>([^<]+)</version>", (Path(__file__).parent / "package.xml").read_text()).group(1)
 
 setup(
     name=PACKAGE,
-    version="0.1.0",
+    version=VERSION,
     packages=find_packages(include=[PACKAGE, f"{PACKAGE}.*"]),
     data_files=[
         ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
@@ -29,9 +34,9 @@ setup(
     license="Apache-2.0",
     entry_points={
         "console_scripts": [
-            "clipseg_node = clipseg_ros.process:run",
-            "clipseg_demo = clipseg_ros.demo:main",
-            "clipseg-label = clipseg_ros.label:main",
+            "clipseg_node = clipseg_ros.ros.process:run",
+            "clipseg_demo = clipseg_ros.tools.demo:main",
+            "clipseg-label = clipseg_ros.tools.label:main",
         ],
     },
 )

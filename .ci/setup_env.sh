@@ -56,7 +56,7 @@ cmake --install "$BUILD" >>"$BUILD.log" 2>&1 || { tail -50 "$BUILD.log"; exit 1;
 echo "setup_env: installing clipseg_ros (editable)"
 "$PY" -m pip install -q --no-deps --no-build-isolation -e .
 
-"$PY" -c 'import rclpy, clipseg_ros_interfaces.msg, clipseg_ros.engine' || {
+"$PY" -c 'import rclpy, clipseg_ros_interfaces.msg, clipseg_ros.core.model.engine' || {
   echo "setup_env: the environment does not import; see messages above" >&2; exit 1; }
 echo "$digest" > "$STAMP"
 echo "setup_env: ready ($VENV)"

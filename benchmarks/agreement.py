@@ -36,11 +36,11 @@ def main(argv=None) -> int:
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args(argv)
 
-    from clipseg_ros.agreement import GOAL, IOU_GOAL, measure_agreement
-    from clipseg_ros.engine import SegmentationEngine
-    from clipseg_ros.label_sources import LabelInputError, Selection, open_source
-    from clipseg_ros.precision import torchao_available
-    from clipseg_ros.prompts import parse_prompt_text
+    from clipseg_ros.core.model.agreement import GOAL, IOU_GOAL, measure_agreement
+    from clipseg_ros.core.model.engine import SegmentationEngine
+    from clipseg_ros.core.model.precision import torchao_available
+    from clipseg_ros.core.prompts.prompt_book import parse_prompt_text
+    from clipseg_ros.tools.label_sources import LabelInputError, Selection, open_source
 
     try:
         source = open_source(args.images, selection=Selection(limit=args.limit))

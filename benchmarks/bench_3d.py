@@ -26,10 +26,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from results_file import cpu_name, write_results  # noqa: E402
 
-from clipseg_ros.geometry import PinholeCamera  # noqa: E402
-from clipseg_ros.messages import build_outputs  # noqa: E402
-from clipseg_ros.postprocess import label_from_masks, mask_stats, SegmentationResult  # noqa: E402
-from clipseg_ros.scene import DepthFrame, SceneOptions, build_scene  # noqa: E402
+from clipseg_ros.core.results.geometry import PinholeCamera  # noqa: E402
+from clipseg_ros.core.results.postprocess import SegmentationResult, label_from_masks, mask_stats  # noqa: E402
+from clipseg_ros.core.results.scene import DepthFrame, SceneOptions, build_scene  # noqa: E402
+from clipseg_ros.ros.messages import build_outputs  # noqa: E402
 
 PROMPTS = ["cup", "saucer", "spoon", "table", "chair", "person", "door handle", "bottle"]
 
@@ -74,8 +74,8 @@ def main(argv=None) -> int:
     parser.add_argument("--json", help="write results to this path")
     args = parser.parse_args(argv)
 
-    from clipseg_ros.engine import SegmentationEngine
-    from clipseg_ros.random_checkpoint import make_random_checkpoint
+    from clipseg_ros.core.model.engine import SegmentationEngine
+    from clipseg_ros.core.model.random_checkpoint import make_random_checkpoint
 
     with tempfile.TemporaryDirectory(prefix="clipseg_bench3d_") as tmp:
         size = "tiny" if args.quick else "rd64-refined"
@@ -114,7 +114,7 @@ def main(argv=None) -> int:
 
 def _no_2d():
     """Build only what the 3D step adds (segmentation/confidences stay: objects go into them)."""
-    from clipseg_ros.messages import OutputOptions
+    from clipseg_ros.ros.messages import OutputOptions
 
     return OutputOptions(include_masks=False, label=False, overlay=False)
 

@@ -29,8 +29,8 @@ import tempfile
 import time
 
 import numpy as np
-from results_file import cpu_name, write_results
 import torch
+from results_file import cpu_name, write_results
 
 
 def median_ms(fn, repeats: int, warmup: int = 1) -> float:
@@ -55,9 +55,8 @@ def vision_flop(engine, pixels: torch.Tensor) -> float:
 def sample_image() -> np.ndarray:
     """A 640x480 RGB photo (scikit-image's bundled coffee cup) or, without it, a synthetic one."""
     try:
-        from skimage import data
-
         import cv2
+        from skimage import data
 
         return cv2.resize(data.coffee(), (640, 480), interpolation=cv2.INTER_AREA)
     except Exception:  # noqa: BLE001 - benchmark speed does not depend on content
@@ -79,8 +78,8 @@ def main(argv=None) -> int:
 
     from transformers import AutoProcessor
 
-    from clipseg_ros.engine import SegmentationEngine
-    from clipseg_ros.random_checkpoint import make_random_checkpoint
+    from clipseg_ros.core.model.engine import SegmentationEngine
+    from clipseg_ros.core.model.random_checkpoint import make_random_checkpoint
 
     if args.threads:
         torch.set_num_threads(args.threads)

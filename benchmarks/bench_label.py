@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from camera_run import NodeNeverAnswered, end_run, retrying, start_node  # noqa: E402
 from results_file import cpu_name, write_results  # noqa: E402
 
-from clipseg_ros.synthetic_motion import panning_camera, sample_picture  # noqa: E402
+from clipseg_ros.tools.synthetic_motion import panning_camera, sample_picture  # noqa: E402
 
 H, W = 480, 640
 PROMPTS = [f"thing {k}" for k in range(8)]
@@ -52,8 +52,8 @@ def live_node(model: str, images, dtype: str) -> dict:
     from rclpy.qos import QoSProfile, ReliabilityPolicy
     from sensor_msgs.msg import Image
 
-    from clipseg_ros.conversions import cv2_to_imgmsg
-    from clipseg_ros.spinner import BackgroundSpinner
+    from clipseg_ros.ros.conversions import cv2_to_imgmsg
+    from clipseg_ros.ros.spinner import BackgroundSpinner
 
     rclpy.init()
     cam = Node("bench_label_camera")
@@ -103,7 +103,7 @@ def live_node(model: str, images, dtype: str) -> dict:
 
 
 def labeller(model: str, folder: Path, out: Path, batch: int, dtype: str) -> dict:
-    cmd = [sys.executable, "-m", "clipseg_ros.label", str(folder), "-o", str(out), "--prompts", ";".join(PROMPTS),
+    cmd = [sys.executable, "-m", "clipseg_ros.tools.label", str(folder), "-o", str(out), "--prompts", ";".join(PROMPTS),
            "--model", model, "--batch", str(batch), "--dtype", dtype, "--no-progress"]
     t0 = time.monotonic()
     done = subprocess.run(cmd, capture_output=True, text=True, check=True)
@@ -124,8 +124,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     import torch
 
-    from clipseg_ros.precision import choose_precision
-    from clipseg_ros.random_checkpoint import make_random_checkpoint
+    from clipseg_ros.core.model.precision import choose_precision
+    from clipseg_ros.core.model.random_checkpoint import make_random_checkpoint
 
     images = frames(args.frames)
     with tempfile.TemporaryDirectory(prefix="clipseg_bench_label_") as tmp:

@@ -24,8 +24,8 @@ CHILD = r"""
 import json, resource, sys, tracemalloc
 from pathlib import Path
 import cv2, numpy as np
-from clipseg_ros import label
-import clipseg_ros.engine  # noqa: F401 - torch and transformers imported before the measurement
+from clipseg_ros.tools import label
+import clipseg_ros.core.model.engine  # noqa: F401 - torch and transformers imported before the measurement
 n, checkpoint, work = int(sys.argv[1]), sys.argv[2], Path(sys.argv[3])
 images = work / "images"; images.mkdir()
 rng = np.random.default_rng(0)
@@ -47,7 +47,7 @@ def main(argv=None) -> int:
     parser.add_argument("--frames", type=int, nargs="+", default=[50, 1000])
     parser.add_argument("--json", help="write results to this path")
     args = parser.parse_args(argv)
-    from clipseg_ros.random_checkpoint import make_random_checkpoint
+    from clipseg_ros.core.model.random_checkpoint import make_random_checkpoint
 
     rows = []
     with tempfile.TemporaryDirectory(prefix="clipseg_label_memory_") as tmp:

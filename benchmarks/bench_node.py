@@ -31,7 +31,7 @@ import numpy as np
 from camera_run import NodeNeverAnswered, end_run, play, retrying  # noqa: E402
 from results_file import cpu_name, write_results
 
-from clipseg_ros.spinner import BackgroundSpinner
+from clipseg_ros.ros.spinner import BackgroundSpinner
 
 
 def timed(fn, repeats):
@@ -47,11 +47,11 @@ def overhead(model: str, prompts: int, repeats: int) -> list[dict]:
     import rclpy
     from rclpy.node import Node
 
-    from clipseg_ros.conversions import cv2_to_imgmsg, imgmsg_to_rgb8
-    from clipseg_ros.engine import SegmentationEngine
-    from clipseg_ros.messages import build_outputs
-    from clipseg_ros.outputs import OUTPUT_QOS, OutputPublishers
-    from clipseg_ros.scene import SceneOptions, build_scene
+    from clipseg_ros.core.model.engine import SegmentationEngine
+    from clipseg_ros.core.results.scene import SceneOptions, build_scene
+    from clipseg_ros.ros.conversions import cv2_to_imgmsg, imgmsg_to_rgb8
+    from clipseg_ros.ros.messages import build_outputs
+    from clipseg_ros.ros.outputs import OUTPUT_QOS, OutputPublishers
 
     engine = SegmentationEngine.from_pretrained(model, device="cpu", dtype="float32")
     prompt_set = engine.make_prompt_set([f"thing {k}" for k in range(prompts)])
@@ -119,7 +119,7 @@ def latency(model: str, prompts: int, seconds: float, camera_hz: float, dtype: s
     from rclpy.qos import qos_profile_sensor_data
     from sensor_msgs.msg import Image
 
-    from clipseg_ros.conversions import cv2_to_imgmsg
+    from clipseg_ros.ros.conversions import cv2_to_imgmsg
 
     rclpy.init()
     cam = Node("bench_camera")
@@ -176,7 +176,7 @@ def main(argv=None) -> int:
     parser.add_argument("--json", help="write results to this path")
     args = parser.parse_args(argv)
 
-    from clipseg_ros.random_checkpoint import make_random_checkpoint
+    from clipseg_ros.core.model.random_checkpoint import make_random_checkpoint
 
     tmp = None
     model = args.model

@@ -37,9 +37,9 @@ from bench_engine import median_ms, sample_image  # noqa: E402
 from bench_node import latency  # noqa: E402
 from results_file import cpu_name, write_results  # noqa: E402
 
-from clipseg_ros.agreement import measure_agreement  # noqa: E402
-from clipseg_ros.engine import SegmentationEngine  # noqa: E402
-from clipseg_ros.precision import choose_precision, cpu_features  # noqa: E402
+from clipseg_ros.core.model.agreement import measure_agreement  # noqa: E402
+from clipseg_ros.core.model.engine import SegmentationEngine  # noqa: E402
+from clipseg_ros.core.model.precision import choose_precision, cpu_features  # noqa: E402
 
 PROMPTS = ["cup", "saucer", "spoon", "table", "coffee", "a shadow", "the rim of a cup", "wooden surface"]
 STAGES = ("preprocess", "vision", "decoder", "post")
@@ -85,7 +85,7 @@ def main(argv=None) -> int:
     parser.add_argument("--seconds", type=float, default=0, help="node run per dtype (default 30, quick 5)")
     parser.add_argument("--json", help="write results to this path")
     args = parser.parse_args(argv)
-    from clipseg_ros.random_checkpoint import make_random_checkpoint
+    from clipseg_ros.core.model.random_checkpoint import make_random_checkpoint
 
     repeats = args.repeats or (2 if args.quick else 5)
     auto = choose_precision("auto", torch.device("cpu"))

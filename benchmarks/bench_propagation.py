@@ -39,14 +39,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from camera_run import NodeNeverAnswered, end_run, play, retrying, start_node  # noqa: E402
 from results_file import cpu_name, write_results  # noqa: E402
 
-from clipseg_ros.messages import build_outputs  # noqa: E402
-from clipseg_ros.postprocess import result_from_masks  # noqa: E402
-from clipseg_ros.prompts import PromptSet  # noqa: E402
-from clipseg_ros.propagation import FlowOptions, MaskPropagator, TemporalSmoother  # noqa: E402
-from clipseg_ros.scene import SceneOptions, build_scene  # noqa: E402
-from clipseg_ros.spinner import BackgroundSpinner  # noqa: E402
-from clipseg_ros.synthetic_motion import iou, moving_scene, panning_camera, sample_picture  # noqa: E402
-from clipseg_ros.temporal import CameraTimeline, TemporalOptions  # noqa: E402
+from clipseg_ros.core.motion.propagation import FlowOptions, MaskPropagator, TemporalSmoother  # noqa: E402
+from clipseg_ros.core.motion.temporal import CameraTimeline, TemporalOptions  # noqa: E402
+from clipseg_ros.core.prompts.prompt_book import PromptSet  # noqa: E402
+from clipseg_ros.core.results.postprocess import result_from_masks  # noqa: E402
+from clipseg_ros.core.results.scene import SceneOptions, build_scene  # noqa: E402
+from clipseg_ros.ros.messages import build_outputs  # noqa: E402
+from clipseg_ros.ros.spinner import BackgroundSpinner  # noqa: E402
+from clipseg_ros.tools.synthetic_motion import iou, moving_scene, panning_camera, sample_picture  # noqa: E402
 
 H, W = 480, 640
 PROMPTS = [f"thing {k}" for k in range(8)]
@@ -96,7 +96,7 @@ def motion_ious(picture) -> list[dict]:
 
 def propagation_cost(picture, repeats: int = 30) -> dict:
     """ms per propagated frame, the node's path, 8 prompts at 640x480."""
-    from clipseg_ros.postprocess import SegmentationResult, label_from_masks, mask_stats
+    from clipseg_ros.core.results.postprocess import SegmentationResult, label_from_masks, mask_stats
 
     rng = np.random.default_rng(0)
     masks = np.stack([cv2.GaussianBlur((rng.random((H, W)) * 255).astype(np.uint8), (0, 0), 25) for _ in PROMPTS])
@@ -141,7 +141,7 @@ def node_rates(model: str, picture, propagate: bool, seconds: float, camera_hz: 
     from rclpy.qos import qos_profile_sensor_data
     from sensor_msgs.msg import Image
 
-    from clipseg_ros.conversions import cv2_to_imgmsg
+    from clipseg_ros.ros.conversions import cv2_to_imgmsg
 
     messages = [cv2_to_imgmsg(f, "rgb8") for f in panning_camera(picture)]
     if not rclpy.ok():
@@ -190,7 +190,7 @@ def node_rates(model: str, picture, propagate: bool, seconds: float, camera_hz: 
 
 
 def flicker(model: str, picture, frames: int = 12) -> dict:
-    from clipseg_ros.engine import SegmentationEngine
+    from clipseg_ros.core.model.engine import SegmentationEngine
 
     engine = SegmentationEngine.from_pretrained(model, device="cpu", dtype="float32")
     prompt_set = engine.make_prompt_set(PROMPTS)
@@ -225,7 +225,7 @@ def main(argv=None) -> int:
     parser.add_argument("--seconds", type=float, default=0, help="node run per setting (default 30, quick 8)")
     parser.add_argument("--json", help="write results to this path")
     args = parser.parse_args(argv)
-    from clipseg_ros.random_checkpoint import make_random_checkpoint
+    from clipseg_ros.core.model.random_checkpoint import make_random_checkpoint
 
     picture = sample_picture(H, W)
     result = {"cpu": cpu_name(), "motion": motion_ious(picture), "cost_640x480_8_prompts": propagation_cost(picture)}

@@ -10,7 +10,7 @@ import sys
 import tempfile
 import time
 
-from clipseg_ros.child_node import interrupt
+from clipseg_ros.tools.child_node import interrupt
 
 
 class NodeNeverAnswered(RuntimeError):

@@ -11,7 +11,7 @@ Not a backend of the node (yet): it answers whether one would pay. Needs ``onnxr
 
 What it times: ``ClipSegNetwork.encode_pixels`` (patch embedding, CLIP's vision layers up to the
 last of ``extract_layers``) on one 352x352 frame, median of the repeats, torch at its default
-threads, onnxruntime in the node's own session (``clipseg_ros.onnx_vision.OnnxVisionPass``: the
+threads, onnxruntime in the node's own session (``clipseg_ros.core.model.onnx_vision.OnnxVisionPass``: the
 same number of intra-op threads, no spinning). The ONNX graph is exported from that same method
 and quantised by the node's own ``export_float32`` and ``quantize_int8`` (torch's TorchScript
 exporter, opset 17, eager attention; ``quantize_dynamic``: int8 weights, activations quantised
@@ -50,7 +50,7 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=0, help="timed repeats (default 5, quick 2)")
     parser.add_argument("--json", help="write results to this path")
     args = parser.parse_args(argv)
-    from clipseg_ros.onnx_vision import OnnxVisionPass, export_float32, onnxruntime_available, quantize_int8
+    from clipseg_ros.core.model.onnx_vision import OnnxVisionPass, export_float32, onnxruntime_available, quantize_int8
 
     if not onnxruntime_available():
         print("probe_onnxruntime: needs onnxruntime and onnx (pip install onnxruntime onnx)")
@@ -58,9 +58,9 @@ def main(argv=None) -> int:
     import onnxruntime as ort
     from transformers import CLIPSegForImageSegmentation
 
-    from clipseg_ros.network import ClipSegNetwork
-    from clipseg_ros.precision import Precision, torchao_available
-    from clipseg_ros.random_checkpoint import rd64_refined_config, tiny_config
+    from clipseg_ros.core.model.network import ClipSegNetwork
+    from clipseg_ros.core.model.precision import Precision, torchao_available
+    from clipseg_ros.core.model.random_checkpoint import rd64_refined_config, tiny_config
 
     repeats = args.repeats or (2 if args.quick else 5)
     threads = torch.get_num_threads()

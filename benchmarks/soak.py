@@ -55,15 +55,15 @@ def pct(values, q):
 class Soak:
     def __init__(self, model: str, log_path: Path, rate: float, prompts_every: float):
         import rclpy
+        from clipseg_ros_interfaces.msg import Segmentation
         from diagnostic_msgs.msg import DiagnosticArray
         from rclpy.node import Node
         from rclpy.qos import qos_profile_sensor_data
         from sensor_msgs.msg import Image
         from std_msgs.msg import String
 
-        from clipseg_ros.conversions import cv2_to_imgmsg
-        from clipseg_ros.spinner import BackgroundSpinner
-        from clipseg_ros_interfaces.msg import Segmentation
+        from clipseg_ros.ros.conversions import cv2_to_imgmsg
+        from clipseg_ros.ros.spinner import BackgroundSpinner
 
         self.prompts_every = prompts_every
         domain = str(random.randint(1, 100))
@@ -261,7 +261,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     seconds = args.seconds or args.minutes * 60 or 600.0
 
-    from clipseg_ros.random_checkpoint import make_random_checkpoint
+    from clipseg_ros.core.model.random_checkpoint import make_random_checkpoint
 
     with tempfile.TemporaryDirectory(prefix="clipseg_soak_") as tmp:
         model = args.model or str(make_random_checkpoint(tmp, size="tiny" if args.tiny else "rd64-refined"))

@@ -7,7 +7,7 @@ Quality cannot be measured without the real weights, so this is the script to ru
 ``my_photos/`` holds photos (``.jpg``/``.png``/...) and, for each photo to use, a mask beside it
 named ``<photo stem>.mask.png`` (non-zero = the object). Every masked photo is the example for
 every masked photo (itself included when there is only one): the prompt image is built from the
-example and its mask in each style (:data:`clipseg_ros.visual_prompts.STYLES`), and the query
+example and its mask in each style (:data:`clipseg_ros.core.prompts.visual_prompts.STYLES`), and the query
 photo is segmented with it. Per style it reports the object probability (mean probability
 inside the query's mask, as in the paper's Table 2), the mean probability outside, and the gain
 over ``plain`` (the example as sent). Photos of one kind of object make the comparison
@@ -27,9 +27,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from results_file import cpu_name  # noqa: E402
 
-from clipseg_ros.engine import SegmentationEngine  # noqa: E402
-from clipseg_ros.prompts import PromptSet  # noqa: E402
-from clipseg_ros.visual_prompts import STYLES, make_example  # noqa: E402
+from clipseg_ros.core.model.engine import SegmentationEngine  # noqa: E402
+from clipseg_ros.core.prompts.prompt_book import PromptSet  # noqa: E402
+from clipseg_ros.core.prompts.visual_prompts import STYLES, make_example  # noqa: E402
 
 PHOTO_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 

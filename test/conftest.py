@@ -22,14 +22,14 @@ os.environ.setdefault("CLIPSEG_ROS_CACHE", tempfile.mkdtemp(prefix="clipseg_ros_
 
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory):
-    from clipseg_ros.random_checkpoint import make_random_checkpoint
+    from clipseg_ros.core.model.random_checkpoint import make_random_checkpoint
 
     return make_random_checkpoint(tmp_path_factory.mktemp("tiny_clipseg"), size="tiny", seed=0)
 
 
 @pytest.fixture(scope="session")
 def tiny_engine(tiny_checkpoint):
-    from clipseg_ros.engine import SegmentationEngine
+    from clipseg_ros.core.model.engine import SegmentationEngine
 
     return SegmentationEngine.from_pretrained(str(tiny_checkpoint), device="cpu", dtype="float32")
 

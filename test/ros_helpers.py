@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from clipseg_ros.child_node import READY_TEXT, interrupt
+from clipseg_ros.tools.child_node import READY_TEXT, interrupt
 
 
 def wait_for(predicate, timeout: float, interval: float = 0.02, what: str = "condition"):
@@ -80,7 +80,7 @@ class NodeProcess:
 def start_answering_node(client, name: str, params: dict, log_dir: Path, answering=None, **kwargs) -> NodeProcess:
     """A NodeProcess that is ready and answers ``client``: ``answering()`` (default: a parameter
     read over the node's service, a round trip) holds within 20 s. Fast DDS now and then never
-    completes discovery between a new participant and one already running (clipseg_ros.child_node);
+    completes discovery between a new participant and one already running (clipseg_ros.tools.child_node);
     the node is then started once more, a new participant."""
     answering = answering or (lambda: client.get_param(name, "rate", timeout=20.0) is not None)
     for attempt in range(2):
@@ -99,7 +99,7 @@ def start_answering_node(client, name: str, params: dict, log_dir: Path, answeri
 
 # The innermost Python frame of the main thread when Fast DDS deadlocks tearing down: a call into
 # rclpy's C extension that destroys ROS entities or shuts the context down.
-_DDS_TEARDOWN_FRAME = re.compile(r'File ".*/(rclpy/[\w/]+|clipseg_ros/node)\.py", line \d+ in '
+_DDS_TEARDOWN_FRAME = re.compile(r'File ".*/(rclpy/[\w/]+|clipseg_ros/ros/node)\.py", line \d+ in '
                                  r"(destroy_node|destroy_when_not_in_use|try_shutdown|shutdown|_cleanup)$")
 
 
@@ -113,7 +113,7 @@ def is_dds_teardown_deadlock(returncode: int, log: str) -> bool:
     dump = log[log.index("Timeout ("):]
     for block in re.split(r"\n\s*\n", dump):  # one block per thread, innermost frame first
         frames = [line.strip() for line in block.splitlines() if line.strip().startswith("File ")]
-        if any("clipseg_ros/process.py" in f and f.endswith(" in main") for f in frames):
+        if any("clipseg_ros/ros/process.py" in f and f.endswith(" in main") for f in frames):
             return bool(_DDS_TEARDOWN_FRAME.search(frames[0]))
     return False
 
@@ -141,7 +141,7 @@ class RosClient:
     def __init__(self, name: str = "test_client"):
         from rclpy.node import Node
 
-        from clipseg_ros.spinner import BackgroundSpinner
+        from clipseg_ros.ros.spinner import BackgroundSpinner
 
         self.node = Node(name)
         self._spinner = BackgroundSpinner(self.node)
@@ -193,7 +193,7 @@ class CameraPublisher:
         self.seq = 0
 
     def publish(self, img=None):
-        from clipseg_ros.conversions import cv2_to_compressed_imgmsg, cv2_to_imgmsg
+        from clipseg_ros.ros.conversions import cv2_to_compressed_imgmsg, cv2_to_imgmsg
 
         img = make_image(self.h, self.w, self.seq) if img is None else img
         if self.compressed:

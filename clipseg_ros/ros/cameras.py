@@ -1,0 +1,240 @@
+"""Camera inputs: which streams, the newest frame of each, and the one thread that segments them.
+
+No rclpy in here (messages are opaque objects). The executor only stores each camera's newest
+message in :class:`FrameSlots` (an older one is overwritten, never queued, so latency cannot
+grow); :class:`FrameWorker` runs the throttled loop: take the newest frame of every camera that
+has one, hand them over as one batch, wait until the next period.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+import re
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+# Path segments that name an image stream rather than a camera ("/front/color/image_raw" is
+# camera "front_color").
+_STREAM_WORDS = {"image", "image_raw", "image_rect", "image_rect_color", "image_color", "image_mono",
+                 "compressed", "rgb", "raw"}
+
+
+def camera_name_from_topic(topic: str, index: int) -> str:
+    """'/front/color/image_raw' -> 'front_color'; a name with no camera part -> 'camera<index>'."""
+    words = [w for w in topic.strip("/").split("/") if w and w not in _STREAM_WORDS and not w.startswith("~")]
+    name = re.sub(r"[^A-Za-z0-9_]", "_", "_".join(words)).strip("_")
+    if not name or name[0].isdigit():
+        name = f"camera{index}" if not name else f"camera_{name}"
+    return name
+
+
+def is_compressed_topic(topic: str) -> bool:
+    """image_transport's convention: a CompressedImage stream's topic ends in ``/compressed``."""
+    return topic.rstrip("/").endswith("/compressed")
+
+
+@dataclass(frozen=True)
+class CameraSpec:
+    """One input stream: ``topic`` as configured, ``resolved_topic`` after remapping (what the
+    node subscribes to, and what decides whether it is compressed), ``prefix`` of its outputs."""
+
+    index: int
+    name: str
+    topic: str
+    resolved_topic: str
+    compressed: bool
+    prefix: str  # "~/" or "~/<name>/"
+
+
+def camera_specs(topics: Sequence[str], names: Sequence[str] = (),
+                 resolve: Callable[[str], str] = lambda topic: topic) -> list[CameraSpec]:
+    """The cameras for ``image_topics`` (and ``camera_names``, or names derived from the topics;
+    two topics deriving one name get ``_<index>``). ``resolve`` applies the node's remappings."""
+    names = list(names) or [camera_name_from_topic(t, i) for i, t in enumerate(topics)]
+    seen: set[str] = set()
+    specs = []
+    for i, (topic, name) in enumerate(zip(topics, names)):
+        if name in seen:
+            name = f"{name}_{i}"
+        seen.add(name)
+        resolved = resolve(topic)
+        specs.append(CameraSpec(index=i, name=name, topic=topic, resolved_topic=resolved,
+                                compressed=is_compressed_topic(resolved),
+                                prefix="~/" if len(topics) == 1 else f"~/{name}/"))
+    return specs
+
+
+@dataclass(frozen=True)
+class Frame:
+    """A camera's message as received (monotonic ``received_at``; ``sequence``: its place among
+    the camera's frames, counted on arrival), not yet decoded."""
+
+    camera: int
+    message: object
+    received_at: float
+    sequence: int = 0
+
+
+class FrameSlots:
+    """The newest unprocessed frame of each camera. ``put`` overwrites; ``take`` empties."""
+
+    def __init__(self, cameras: int):
+        self._frames: list[Frame | None] = [None] * cameras
+        self._cond = threading.Condition()
+
+    def put(self, frame: Frame) -> bool:
+        """Store ``frame``; whether it superseded an unprocessed one."""
+        with self._cond:
+            superseded = self._frames[frame.camera] is not None
+            self._frames[frame.camera] = frame
+            self._cond.notify_all()
+        return superseded
+
+    def wake(self) -> None:
+        """Make a waiting worker look again (a new rate, a stop)."""
+        with self._cond:
+            self._cond.notify_all()
+
+    def clear(self) -> None:
+        with self._cond:
+            self._frames = [None] * len(self._frames)
+            self._cond.notify_all()
+
+    def wait_batch(self, not_before: float, stop: threading.Event, poll: float = 0.5) -> list[Frame]:
+        """The newest frame of every camera that has one, once at least one is there and the
+        monotonic clock reached ``not_before``; [] when ``stop`` is set."""
+        with self._cond:
+            while not stop.is_set():
+                ready = [f for f in self._frames if f is not None]
+                delay = not_before - time.monotonic()
+                if ready and delay <= 0:
+                    self._frames = [None] * len(self._frames)
+                    return ready
+                self._cond.wait(timeout=min(delay, poll) if ready else poll)
+        return []
+
+
+def _find_malloc_trim():
+    """glibc's malloc_trim, or None (musl, macOS: nothing to do)."""
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None
+
+
+# Per frame, inference allocates and frees tens of MB in mixed sizes from two threads; glibc keeps
+# the freed heap, so RSS wandered by +-30 MB (1150-1219 MiB in a 10 min soak) without a leak.
+# Returning free heap to the OS at most once per second keeps RSS flat; a call costs 8-10 ms next
+# to the full-size model on 2 cores (2.4 ms with the tiny one), so at most 1% of one core.
+_MALLOC_TRIM = _find_malloc_trim()
+TRIM_PERIOD_S = 1.0
+
+
+class WorkerLoad:
+    """How a worker thread spends its time, averaged over its recent cycles (exponentially,
+    ``weight`` for the newest): ``spare`` = waiting / (waiting + working), ``cpu_s`` = CPU
+    seconds the thread itself used per cycle (less than its wall time at work when other threads
+    had the cores). Written by the worker, read by others (floats: no lock needed)."""
+
+    def __init__(self, weight: float = 0.3):
+        self.weight = weight
+        self.spare: float | None = None  # None until the first cycle
+        self.cpu_s: float | None = None
+
+    def add(self, waited_s: float, busy_s: float, cpu_s: float) -> None:
+        spare = waited_s / max(waited_s + busy_s, 1e-9)
+        self.spare = self._average(self.spare, spare)
+        self.cpu_s = self._average(self.cpu_s, cpu_s)
+
+    def _average(self, old: float | None, new: float) -> float:
+        return new if old is None else (1 - self.weight) * old + self.weight * new
+
+
+class FrameWorker:
+    """The inference thread: batches from :class:`FrameSlots` at most ``rate()`` times a second
+    (0 = as fast as they come), each handed to ``process``; an exception from ``process`` goes to
+    ``on_error`` and the loop goes on.
+
+    At most one such thread runs: :meth:`stop` that times out (a frame still in flight) keeps
+    the thread, and :meth:`start` waits for it before starting another.
+    """
+
+    def __init__(self, slots: FrameSlots, process: Callable[[list[Frame]], None],
+                 rate: Callable[[], float], on_error: Callable[[Exception], None], name: str = "clipseg_inference",
+                 nice: int = 0):
+        self._nice = nice  # > 0: this thread yields the CPU to the others (Linux: per-thread niceness)
+        self._slots = slots
+        self._process = process
+        self._rate = rate
+        self._on_error = on_error
+        self._name = name
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self.load = WorkerLoad()
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def start(self, previous_timeout: float = 30.0) -> None:
+        """Start the thread; RuntimeError if the previous one is still busy after
+        ``previous_timeout`` seconds (two threads would segment and publish side by side)."""
+        if self.running:
+            self._stop.set()
+            self._slots.wake()
+            self._thread.join(timeout=previous_timeout)
+            if self._thread.is_alive():
+                raise RuntimeError(f"the previous inference thread is still busy after {previous_timeout:g} s")
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(self._stop,), name=self._name, daemon=True)
+        self._thread.start()
+
+    def request_stop(self) -> None:
+        """Tell the thread to stop after the frame in flight (returns at once); pending frames
+        are dropped."""
+        self._stop.set()
+        self._slots.clear()
+
+    def stop(self, timeout: float) -> bool:
+        """Ask the thread to stop (a frame in flight finishes) and wait up to ``timeout`` s;
+        whether it has stopped. Pending frames are dropped."""
+        self.request_stop()
+        thread = self._thread
+        if thread is None:
+            return True
+        if thread is threading.current_thread():  # stopping from inside process(): ends after it
+            return False
+        thread.join(timeout=max(0.0, timeout))
+        if thread.is_alive():
+            return False
+        self._thread = None
+        return True
+
+    def _run(self, stop: threading.Event) -> None:
+        if self._nice:
+            try:
+                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), self._nice)
+            except (OSError, AttributeError):  # not Linux, or not allowed: run at normal priority
+                pass
+        not_before = 0.0
+        last_trim = idle_since = time.monotonic()
+        while not stop.is_set():
+            batch = self._slots.wait_batch(not_before, stop)
+            if not batch:
+                continue
+            started, cpu_started = time.monotonic(), time.thread_time()
+            rate = self._rate()
+            not_before = started + (1.0 / rate if rate > 0 else 0.0)
+            try:
+                self._process(batch)
+            except Exception as exc:  # noqa: BLE001 - a bad frame must never stop the loop
+                self._on_error(exc)
+            idle_since, busy_from = time.monotonic(), idle_since
+            self.load.add(started - busy_from, idle_since - started, time.thread_time() - cpu_started)
+            if _MALLOC_TRIM is not None and time.monotonic() - last_trim >= TRIM_PERIOD_S:
+                _MALLOC_TRIM(0)
+                last_trim = time.monotonic()

@@ -1,0 +1,148 @@
+"""Camera specs, newest-frame slots and the inference thread, without ROS."""
+
+import threading
+import time
+
+import pytest
+from ros_helpers import wait_for
+
+from clipseg_ros.ros.cameras import Frame, FrameSlots, FrameWorker, camera_name_from_topic, camera_specs
+
+
+def test_camera_specs_decide_compression_on_the_remapped_topic():
+    # Review defect 10: `image:=/cam/image_raw/compressed` remaps the default topic "image"; the
+    # decision read the parameter ("image"), subscribed with Image and never got a frame.
+    remaps = {"image": "/cam/image_raw/compressed"}
+    [spec] = camera_specs(["image"], resolve=lambda t: remaps.get(t, t))
+    assert spec.compressed and spec.resolved_topic == "/cam/image_raw/compressed"
+    assert spec.topic == "image" and spec.prefix == "~/"
+    a, b, c = camera_specs(["/front/color/image_raw", "/left/image_raw/compressed", "/front/color/image"])
+    assert (a.name, a.compressed, a.prefix) == ("front_color", False, "~/front_color/")
+    assert (b.name, b.compressed) == ("left", True)
+    assert c.name == "front_color_2"  # two topics deriving one name
+    assert [s.name for s in camera_specs(["/a", "/b"], ["x", "y"])] == ["x", "y"]
+
+
+def test_camera_names():
+    assert camera_name_from_topic("/front/color/image_raw", 0) == "front_color"
+    assert camera_name_from_topic("/image", 1) == "camera1"
+    assert camera_name_from_topic("/left/image_raw/compressed", 0) == "left"
+
+
+def test_slots_keep_only_the_newest_frame_per_camera():
+    slots = FrameSlots(2)
+    assert not slots.put(Frame(0, "a1", 0.0))
+    assert slots.put(Frame(0, "a2", 0.1))  # superseded a1
+    assert not slots.put(Frame(1, "b1", 0.2))
+    batch = slots.wait_batch(0.0, threading.Event())
+    assert [f.message for f in batch] == ["a2", "b1"]
+    stop = threading.Event()
+    stop.set()
+    assert slots.wait_batch(0.0, stop) == []
+
+
+class BlockingProcess:
+    """A process() that blocks until released and records how many run at once."""
+
+    def __init__(self):
+        self.release = threading.Event()
+        self.entered = threading.Event()
+        self.running = 0
+        self.most_at_once = 0
+        self.calls = 0
+        self._lock = threading.Lock()
+
+    def __call__(self, batch):
+        with self._lock:
+            self.running += 1
+            self.calls += 1
+            self.most_at_once = max(self.most_at_once, self.running)
+        self.entered.set()
+        self.release.wait(30)
+        with self._lock:
+            self.running -= 1
+
+
+def test_a_worker_that_did_not_stop_in_time_is_never_run_twice():
+    # Review defect 7: stopping forgot a worker that was still busy; the next activate started a
+    # second one, and two threads segmented and published side by side.
+    slots = FrameSlots(1)
+    process = BlockingProcess()
+    worker = FrameWorker(slots, process, rate=lambda: 0.0, on_error=pytest.fail)
+    worker.start()
+    slots.put(Frame(0, "frame", time.monotonic()))
+    wait_for(process.entered.is_set, 10, what="a frame in flight")
+    assert worker.stop(timeout=0.1) is False and worker.running  # still busy: kept, not forgotten
+    with pytest.raises(RuntimeError, match="still busy"):
+        worker.start(previous_timeout=0.1)
+    process.release.set()
+    worker.start(previous_timeout=10)  # waits for the old one, then starts
+    process.entered.clear()
+    slots.put(Frame(0, "next", time.monotonic()))
+    wait_for(process.entered.is_set, 10, what="the new worker to take a frame")
+    assert process.most_at_once == 1 and process.calls == 2
+    assert worker.stop(timeout=10)
+    assert not worker.running
+
+
+def test_worker_keeps_the_rate_and_survives_exceptions():
+    slots = FrameSlots(1)
+    calls, errors = [], []
+
+    def process(batch):
+        calls.append(time.monotonic())
+        if len(calls) == 1:
+            raise ValueError("bad frame")
+
+    worker = FrameWorker(slots, process, rate=lambda: 10.0, on_error=errors.append)
+    worker.start()
+    try:
+        def feed():
+            slots.put(Frame(0, "f", time.monotonic()))
+            time.sleep(0.005)
+            return len(calls) >= 4
+        wait_for(feed, 10, 0, "4 batches")
+    finally:
+        worker.stop(timeout=5)
+    assert [type(e) for e in errors] == [ValueError]
+    gaps = [b - a for a, b in zip(calls, calls[1:])]
+    assert min(gaps) >= 0.095, gaps  # at most 10 batches a second
+
+
+def test_worker_load_averages_spare_time_and_work():
+    from clipseg_ros.ros.cameras import WorkerLoad
+
+    load = WorkerLoad(weight=0.5)
+    assert load.spare is None and load.cpu_s is None
+    load.add(0.0, 0.4, 0.4)  # flat out
+    assert (load.spare, load.cpu_s) == (0.0, 0.4)
+    load.add(0.6, 0.4, 0.2)  # waited 0.6 s of a 1 s cycle; half its work time it had no core
+    assert load.spare == pytest.approx(0.3) and load.cpu_s == pytest.approx(0.3)
+
+
+@pytest.mark.parametrize("rate, spare_range", [(0.0, (0.0, 0.1)), (10.0, (0.55, 0.95))])
+def test_worker_measures_whether_it_has_spare_time(rate, spare_range):
+    """Frames always waiting and 30 ms of work (20 ms asleep, ~10 ms on the CPU): flat out at
+    rate 0, ~70% waiting at 10 Hz; the CPU time is the thread's own."""
+    slots = FrameSlots(1)
+    cycles = []
+
+    def process(batch):
+        time.sleep(0.02)
+        cpu_until = time.thread_time() + 0.01
+        while time.thread_time() < cpu_until:
+            pass
+        cycles.append(1)
+
+    worker = FrameWorker(slots, process, rate=lambda: rate, on_error=pytest.fail)
+    worker.start()
+    try:
+        def feed():
+            slots.put(Frame(0, "f", time.monotonic()))
+            time.sleep(0.002)
+            return len(cycles) >= 12
+        wait_for(feed, 20, 0, "12 cycles")
+    finally:
+        worker.stop(timeout=5)
+    assert spare_range[0] <= worker.load.spare <= spare_range[1]
+    assert 0.009 <= worker.load.cpu_s < 0.02

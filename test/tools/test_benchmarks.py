@@ -1,0 +1,40 @@
+"""The benchmark scripts behind the README's tables still run end to end (tiny random model,
+short runs: mechanics and the JSON they write, not speed)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+
+
+def run_script(name: str, *args: str, timeout: float = 400) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, str(BENCHMARKS / name), *args], capture_output=True, text=True,
+                          timeout=timeout, cwd=BENCHMARKS)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+@pytest.mark.parametrize("script, args, keys", [
+    ("bench_label.py", ["--frames", "6", "--size", "tiny"], ["live_node", "labeller", "precision"]),
+    ("bench_precision.py", ["--quick", "--seconds", "3"], ["engine", "agreement", "node", "auto"]),
+    ("bench_propagation.py", ["--quick", "--seconds", "3"], ["motion", "cost_640x480_8_prompts", "node", "flicker"]),
+])
+def test_benchmark_runs_and_writes_its_json(script, args, keys, tmp_path):
+    out = tmp_path / "result.json"
+    run_script(script, *args, "--json", str(out))
+    result = json.loads(out.read_text())
+    assert all(k in result for k in keys) and result["cpu"]
+    if script == "bench_label.py":
+        assert result["live_node"]["frames"] == 6 and [r["frames"] for r in result["labeller"]] == [6, 6]
+    if script == "bench_precision.py":
+        assert {r["precision"] for r in result["engine"]} >= {"float32", "bfloat16", "int8"}
+        assert all(r["mask_agreement"] > 0.9 for r in result["agreement"])
+        cold = [("auto", "empty")] if "(onnxruntime)" in result["auto"] else []  # a first start, then later ones
+        assert [(n["dtype"], n["graph_cache"]) for n in result["node"]] == cold + [("auto", "filled"),
+                                                                                  ("float32", "filled")]
+    if script == "bench_propagation.py":
+        assert len(result["node"]["rows"]) == 6 and result["motion"][0]["iou_after_15"] > 0.9
