@@ -27,7 +27,7 @@ else
 fi
 
 # Everything the environment is built from; a change to any of it redoes the setup.
-digest=$(cat .ci/requirements-dev.txt .ci/setup_env.sh msg/CMakeLists.txt msg/package.xml msg/*.msg srv/*.srv \
+digest=$(cat .ci/requirements-dev.txt .ci/setup_env.sh .ci/build_interfaces.sh msg/CMakeLists.txt msg/package.xml msg/*.msg srv/*.srv \
          setup.py setup.cfg package.xml | sha256sum | cut -d' ' -f1)
 if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$digest" ]; then
   exit 0
@@ -46,12 +46,7 @@ NPINC=$("$PY" -c 'import numpy; print(numpy.get_include())')
                      -e "s#/opt/python/cp311-cp311/lib/python3.11/site-packages/numpy/_core/include#$NPINC#g"
 
 echo "setup_env: building clipseg_ros_interfaces into the venv"
-BUILD=$ROOT/build/clipseg_ros_interfaces
-mkdir -p "$ROOT/build"
-cmake -S msg -B "$BUILD" -DCMAKE_INSTALL_PREFIX="$VENV" -DCMAKE_PREFIX_PATH="$VENV" \
-  -DPython3_EXECUTABLE="$VENV/bin/python" -DBUILD_TESTING=OFF >"$BUILD.log" 2>&1 || { cat "$BUILD.log"; exit 1; }
-cmake --build "$BUILD" -j"$(nproc)" >>"$BUILD.log" 2>&1 || { tail -50 "$BUILD.log"; exit 1; }
-cmake --install "$BUILD" >>"$BUILD.log" 2>&1 || { tail -50 "$BUILD.log"; exit 1; }
+bash .ci/build_interfaces.sh "$VENV"
 
 echo "setup_env: installing clipseg_ros (editable)"
 "$PY" -m pip install -q --no-deps --no-build-isolation -e .
