@@ -2,9 +2,9 @@
 
 A thin shell over the ROS-free core. Data flows one way: message -> array (:mod:`conversions`)
 -> engine -> SegmentationResult -> scene (:mod:`scene`) -> messages (:mod:`messages`). The roles
-it wires together live in their own modules: parameters (:mod:`settings`), prompt topics,
-services and store (:mod:`prompt_interfaces`), frames and the worker threads (:mod:`cameras`),
-depth inputs (:mod:`depth_inputs`), each camera over time (:mod:`temporal`), publishers
+it wires together live in their own modules: parameters (:mod:`settings`), prompt topics and
+services (:mod:`prompt_interfaces`, over the core's prompt keeper), frames and the worker threads
+(:mod:`cameras`), depth inputs (:mod:`depth_inputs`), each camera over time (:mod:`temporal`), publishers
 (:mod:`outputs`), health (:mod:`diagnostics`), the process (:mod:`process`).
 
 Threads: the executor that spins the node only stores the newest message of each camera and
@@ -23,7 +23,7 @@ import itertools
 import sys
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import cv2
 from diagnostic_msgs.msg import DiagnosticArray
@@ -36,8 +36,10 @@ from std_msgs.msg import Header
 
 from clipseg_ros.core.model.device import OUT_OF_MEMORY_ERRORS, check_device_name, resolve_device, set_num_threads
 from clipseg_ros.core.model.engine import ModelLoadError, SegmentationEngine
+from clipseg_ros.core.model.random_checkpoint import UNTRAINED_NOTE, is_untrained
 from clipseg_ros.core.motion.propagation import PropagationStopped
 from clipseg_ros.core.motion.temporal import CameraTimeline, propagation_rate
+from clipseg_ros.core.prompts.keeper import PromptKeeper
 from clipseg_ros.core.prompts.prompt_book import PromptBook, PromptError, thresholds_from_parameter, tidy_texts
 from clipseg_ros.core.results.geometry import DepthError
 from clipseg_ros.core.results.scene import DepthFrame, build_scene
@@ -47,7 +49,7 @@ from clipseg_ros.ros.conversions import ImageConversionError, check_image_layout
 from clipseg_ros.ros.depth_inputs import DepthInput, stamp_seconds
 from clipseg_ros.ros.messages import build_outputs
 from clipseg_ros.ros.outputs import OutputPublishers, PublishGate
-from clipseg_ros.ros.prompt_interfaces import PromptInterfaces
+from clipseg_ros.ros.prompt_interfaces import PromptInterfaces, mirror_into_parameters
 from clipseg_ros.ros.settings import NodeSettings, parameter_specs, plain_value
 from clipseg_ros.ros.throttled_log import ThrottledLog, failure_line, problem_kind
 
@@ -110,7 +112,9 @@ class ClipSegNode(LifecycleNode):
         if initial != values["prompts"]:
             self.set_parameters([Parameter("prompts", Parameter.Type.STRING_ARRAY, initial)])
         self.log = ThrottledLog(self.get_logger())
-        self.prompt_interfaces = PromptInterfaces(self, self.prompts)
+        self.prompt_keeper = PromptKeeper(self.prompts, self.settings.prompt_store, self.get_logger(),
+                                          mirror=lambda state: mirror_into_parameters(self, state))
+        self.prompt_interfaces = PromptInterfaces(self, self.prompt_keeper, self.teaching_frame)
         self.engine: SegmentationEngine | None = None
         self._logged_precision = None  # the precision last written to the log (it changes once an int8 export ends)
         self.cameras: list[Camera] = []
@@ -127,6 +131,7 @@ class ClipSegNode(LifecycleNode):
                                                rate=self._propagation_rate,
                                                on_error=self._on_worker_error, name="clipseg_propagation", nice=10)
         self._load_error = ""
+        self._overlay_note = ""  # written on every overlay: set when the model is a generated random one
         self.frames_processed = 0
         self.add_on_set_parameters_callback(self._on_set_parameters)
         # rclpy stores a parameter's new value after the on-set callback returns, without a lock;
@@ -135,7 +140,7 @@ class ClipSegNode(LifecycleNode):
         # the post-set one (rclpy >= Iron; without it the window stays, as on Humble).
         self._parameter_lock_spans_store = hasattr(self, "add_post_set_parameters_callback")
         if self._parameter_lock_spans_store:
-            self.add_post_set_parameters_callback(lambda params: self.prompt_interfaces.lock.release())
+            self.add_post_set_parameters_callback(lambda params: self.prompt_keeper.lock.release())
         self._diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self.create_timer(1.0, self._publish_diagnostics)
         if self.settings.lifecycle:
@@ -154,10 +159,11 @@ class ClipSegNode(LifecycleNode):
             self.get_logger().error(str(exc))
             return TransitionCallbackReturn.FAILURE
         self._load_error = ""
+        self._overlay_note = UNTRAINED_NOTE if is_untrained(s.model) else ""
         self._logged_precision = engine.precision
         self.get_logger().info(f"loaded '{s.model}' on {engine.device}, precision {engine.precision.describe()}")
         try:
-            self.prompt_interfaces.attach(engine)
+            self.prompt_keeper.attach(engine)
         except PromptError as exc:
             self.get_logger().error(f"initial prompts refused: {exc}")
             return TransitionCallbackReturn.FAILURE
@@ -290,7 +296,7 @@ class ClipSegNode(LifecycleNode):
         for cam in self.cameras:
             cam.publishers.destroy()
         self.cameras = []
-        self.prompt_interfaces.detach()
+        self.prompt_keeper.detach()
         if self.engine is not None:
             engine, self.engine = self.engine, None
             engine.release_cache()
@@ -324,7 +330,7 @@ class ClipSegNode(LifecycleNode):
     def _on_set_parameters(self, params: list[Parameter]) -> SetParametersResult:
         """Check and apply parameter changes. The prompt lock is taken here and, on success,
         released by the post-set callback, once rclpy has stored the values."""
-        self.prompt_interfaces.lock.acquire()
+        self.prompt_keeper.lock.acquire()
         accepted = False
         try:
             values = {p.name: plain_value(p.value) for p in params}
@@ -343,7 +349,7 @@ class ClipSegNode(LifecycleNode):
             return SetParametersResult(successful=True)
         finally:
             if not (accepted and self._parameter_lock_spans_store):
-                self.prompt_interfaces.lock.release()
+                self.prompt_keeper.lock.release()
 
     # ------------------------------------------------------------------ cameras
     def _on_image(self, cam: Camera, msg) -> None:
@@ -462,7 +468,10 @@ class ClipSegNode(LifecycleNode):
                                     scene)
             except PropagationStopped:
                 return None
-        return build_outputs(result, rgb, frame.message.header, settings.output_options, scene)
+        options = settings.output_options
+        if self._overlay_note:
+            options = replace(options, overlay_note=self._overlay_note)
+        return build_outputs(result, rgb, frame.message.header, options, scene)
 
     def _propagation_rate(self) -> float:
         """propagate_rate while the model has spare time; less while it has none (see
@@ -556,7 +565,7 @@ class ClipSegNode(LifecycleNode):
             "active prompts": str(len(prompts)),
             "prompts": "; ".join(prompts),
             "rate (Hz)": f"{s.rate:g}",
-            "prompt store": self.prompt_interfaces.store_status,
+            "prompt store": self.prompt_keeper.store_status,
             "frames processed": str(self.frames_processed),
             "out-of-memory retries": str(engine.oom_retries if engine is not None else 0),
         }
@@ -582,6 +591,48 @@ class ClipSegNode(LifecycleNode):
         except Exception as exc:  # noqa: BLE001 - shutting down
             self.log.warning("diagnostics", f"publishing diagnostics failed: {exc}")
 
+    # ------------------------------------------------------------------ teaching
+    def teaching_frame(self, selector: str, stamp=None) -> tuple[str, Image]:
+        """The frame a teach request means, as (camera name, its sensor_msgs/Image): the camera
+        by name, by topic (as given or resolved), by the frame_id of its images, or the only
+        camera for ''; its frame stamped ``stamp`` (a builtin_interfaces Time; zero or None: the
+        newest) among its last ``teach_history`` frames. PromptError when there is no such
+        camera or frame, or the frame was received more than ``teach_max_age`` s ago."""
+        cam = self._camera_for(selector)
+        recent = list(cam.recent)  # a copy: the executor appends meanwhile
+        if not recent:
+            raise PromptError(f"no frame from camera '{cam.spec.name}' ({cam.spec.resolved_topic}) yet"
+                              + ("" if self._camera_subscriptions else ": the node is not active"))
+        wanted = None if stamp is None or (stamp.sec == 0 and stamp.nanosec == 0) else stamp.sec + stamp.nanosec * 1e-9
+        if wanted is None:
+            frame = recent[-1][1]
+        else:
+            frame = next((f for s, f in reversed(recent) if s == wanted), None)
+            if frame is None:
+                raise PromptError(f"camera '{cam.spec.name}' has no frame stamped {wanted:.9f} any more (it keeps the "
+                                  f"last {len(recent)}, stamped {recent[0][0]:.3f} to {recent[-1][0]:.3f}): draw on a "
+                                  "newer frame")
+        age = time.monotonic() - frame.received_at
+        if age > self.settings.teach_max_age:
+            raise PromptError(f"the frame of camera '{cam.spec.name}' to teach from was received {age:.1f} s ago "
+                              f"(teach_max_age {self.settings.teach_max_age:g} s)")
+        return cam.spec.name, frame.message
+
+    def _camera_for(self, selector: str) -> Camera:
+        cameras = self.cameras
+        selector = selector.strip()
+        if not selector:
+            if len(cameras) == 1:
+                return cameras[0]
+            raise PromptError(f"{len(cameras)} cameras: name one of {[c.spec.name for c in cameras]}")
+        for cam in cameras:
+            newest = cam.newest
+            if selector in (cam.spec.name, cam.spec.topic, cam.spec.resolved_topic) or (
+                    newest is not None and selector == newest.message.header.frame_id):
+                return cam
+        raise PromptError(f"unknown camera '{selector}': one of {[c.spec.name for c in cameras]} (or their "
+                          "image topics)")
+
     # ------------------------------------------------------------------ lifetime
     def destroy_node(self) -> None:
         # Stop publishing first: the inference thread may finish a frame after this point, and
@@ -589,6 +640,7 @@ class ClipSegNode(LifecycleNode):
         # frame still in flight is abandoned (the thread is a daemon).
         self._gate.close()
         self._stop_work(join_timeout=SHUTDOWN_JOIN_S, stop_helper=True)
+        self.prompt_keeper.close()
         super().destroy_node()
         # rclpy's LifecycleNode leaves its state machine, and through it the node handle and the
         # DDS participant, to the garbage collector. Release it now so that shutdown removes the

@@ -1,17 +1,14 @@
-"""The node's prompt interfaces: every way prompts change, and the prompt store.
+"""The node's prompt interfaces: every way prompts change over ROS.
 
-The ROS adapters around :class:`clipseg_ros.core.prompts.prompt_book.PromptBook`: the ``~/prompts`` topic and the
-``~/set_thresholds`` service (on the node: cheap), ``~/prompt_image``, ``~/set_prompts``,
-``~/teach`` and ``~/teach_region`` (on a hidden helper node with its own executor thread: they
-embed example images, seconds of work), the prompt parameters' commit path, and the prompt store
-(:mod:`clipseg_ros.core.prompts.store`). After every accepted change the active prompts are mirrored
-into the prompt parameters, logged and saved, as one step under one lock.
+The ROS adapters around :class:`clipseg_ros.core.prompts.keeper.PromptKeeper` (which owns the
+prompt book, the store and its policy): the ``~/prompts`` topic and the ``~/set_thresholds``
+service (on the node: cheap), ``~/prompt_image``, ``~/set_prompts``, ``~/teach`` and
+``~/teach_region`` (on a hidden helper node with its own executor thread: they embed example
+images, seconds of work), and the mirror of the active prompts into the prompt parameters.
+Messages are turned into arrays and requests here; every decision about prompts is the keeper's.
 """
 
 from __future__ import annotations
-
-import threading
-import time
 
 from clipseg_ros_interfaces.srv import SetPrompts, SetThresholds, Teach
 from geometry_msgs.msg import PolygonStamped
@@ -20,21 +17,19 @@ from rclpy.parameter import Parameter
 from sensor_msgs.msg import Image
 from std_msgs.msg import String
 
+from clipseg_ros.core.prompts.keeper import PromptKeeper
 from clipseg_ros.core.prompts.prompt_book import (
     ImagePrompt,
-    PromptBook,
     PromptChange,
     PromptError,
     PromptState,
     image_names_from_request,
-    stored_prompts,
     texts_from_parameter,
     texts_from_request,
     texts_from_topic,
     thresholds_from_parameter,
     thresholds_to_parameter,
 )
-from clipseg_ros.core.prompts.store import PromptStore, StoreCorrupt, StoreError
 from clipseg_ros.ros.conversions import ImageConversionError, read_rgb8
 from clipseg_ros.ros.prompt_requests import (
     ExampleRequest,
@@ -53,41 +48,38 @@ from clipseg_ros.ros.spinner import BackgroundSpinner
 from clipseg_ros.ros.throttled_log import failure_line, problem_kind
 
 
-class PromptInterfaces:
-    """Owns the prompt topics, services and store of ``node`` (a ClipSegNode: its settings,
-    logger, parameters and cameras). :meth:`start` at configure, :meth:`stop` at cleanup."""
+def mirror_into_parameters(node, state: PromptState) -> None:
+    """Show what is active in ``node``'s prompt parameters (so ``ros2 param get`` tells it);
+    only the ones that differ are set."""
+    mirrored = {"prompts": list(state.texts), "prompt_template": state.template,
+                "prompt_thresholds": thresholds_to_parameter(state.thresholds)}
+    stale = [name for name, value in mirrored.items() if plain_value(node.get_parameter(name).value) != value]
+    if stale:
+        types = {"prompt_template": Parameter.Type.STRING}
+        node.set_parameters([Parameter(name, types.get(name, Parameter.Type.STRING_ARRAY), mirrored[name])
+                             for name in stale])
 
-    def __init__(self, node, book: PromptBook):
+
+class PromptInterfaces:
+    """The prompt topics and services of ``node`` (a ClipSegNode: its settings, logger and
+    names), changing prompts through ``keeper``. ``teaching_frame(camera, stamp)`` returns the
+    (camera name, sensor_msgs/Image) a teach request means, or raises PromptError.
+    :meth:`start` at configure, :meth:`stop` at cleanup."""
+
+    def __init__(self, node, keeper: PromptKeeper, teaching_frame):
         self.node = node
-        self.book = book
-        self.lock = threading.RLock()  # a commit, its parameter mirror and its save, as one step
-        store_dir = node.settings.prompt_store
-        self._store = PromptStore(store_dir) if store_dir else None
-        self._store_failing = False  # warn once per run of failed saves
-        self._store_restored = False  # the store is read by the first configure only; no save before
-        self._store_kept = ""  # why the store is left as it is this run ('' = it follows the active prompts)
+        self.keeper = keeper
+        self.teaching_frame = teaching_frame
         self._prompt_image_node: Node | None = None  # the helper serving what embeds example images
         self._prompt_image_spinner: BackgroundSpinner | None = None
         self._prompt_topic = None  # ~/prompts, created by start, destroyed by stop
         self._thresholds_service = None  # ~/set_thresholds, likewise
 
+    @property
+    def book(self):
+        return self.keeper.book
+
     # -------------------------------------------------------------- lifetime
-    def attach(self, engine) -> None:
-        """Configure: embed the active prompts with ``engine``, let a readable store take over,
-        and mirror and save the result. PromptError (nothing attached) when they are refused."""
-        with self.lock:
-            try:
-                state = self.book.attach(engine)
-                restored = self.restore_store()
-                self.after_commit(restored if restored is not None else state)
-            except PromptError:
-                self.book.detach()
-                raise
-
-    def detach(self) -> None:
-        with self.lock:
-            self.book.detach()
-
     def start(self) -> None:
         node = self.node
         self._prompt_topic = node.create_subscription(String, "~/prompts", self._on_prompts_topic, 10)
@@ -109,68 +101,12 @@ class PromptInterfaces:
             self._thresholds_service = None
 
     def on_parameters(self, values: dict) -> None:
-        """Apply changed prompt parameters (PromptError: refused); a value that only mirrors
-        what a commit made active changes nothing."""
-        with self.lock:
-            change = PromptChange(
-                texts=texts_from_parameter(values["prompts"]) if "prompts" in values else None,
-                template=values.get("prompt_template"), max_prompts=values.get("max_prompts"),
-                thresholds=(thresholds_from_parameter(values["prompt_thresholds"])
-                            if "prompt_thresholds" in values else None))
-            if self.book.check(change) != self.book.state:
-                state = self.book.apply(change)
-                self.report(state)
-                self.save(state)
-
-    @property
-    def store_status(self) -> str:
-        """For diagnostics: the store's directory, and whether the last save failed."""
-        if self._store is None:
-            return "none"
-        if self._store_kept:
-            return f"{self._store.directory} (kept as it is, not written this run: {self._store_kept})"
-        return str(self._store.directory) + (" (last save failed)" if self._store_failing else "")
-
-    def restore_store(self) -> PromptState | None:
-        """Make the prompt store's content active (it takes precedence over the prompt
-        parameters); None when there is no store or it holds nothing usable, with one warning:
-        a store that cannot be read back exactly (damaged) is moved aside; one that cannot be read
-        now (permissions, I/O) or whose prompts do not apply with these parameters (e.g. more
-        than max_prompts) is kept as it is and not written this run."""
-        if self._store is None or self._store_restored:
-            return None  # after a cleanup the book kept what was active; the store holds the same
-        self._store_restored = True
-        directory = self._store.directory
-        try:
-            stored = self._store.load(reclaim=True)
-            if stored is None:
-                self.node.get_logger().info(f"prompt store {directory}: empty, starting with the prompt parameters")
-                return None
-        except StoreError as exc:  # cannot be read now (permissions, I/O): not damaged
-            self._store_kept = str(exc)
-            self.node.get_logger().warning(f"prompt store {directory} not used: {exc}. It is kept as it is and not "
-                                           f"written this run; starting with the prompt parameters "
-                                           f"{list(self.book.state.names)}")
-            return None
-        except StoreCorrupt as exc:  # cannot be read back exactly: damaged
-            try:
-                aside = f"moved aside to {self._store.set_aside()}"
-            except StoreError as move_exc:
-                aside = f"left in place ({move_exc}); it will be overwritten by the next change"
-            self.node.get_logger().warning(f"prompt store {directory} not used: {exc}. It was {aside}; "
-                                           f"starting with the prompt parameters {list(self.book.state.names)}")
-            return None
-        try:
-            state = self.book.apply(self.book.restoring(stored))
-        except PromptError as exc:  # readable, but not applicable with these parameters (e.g. max_prompts)
-            self._store_kept = str(exc)
-            self.node.get_logger().warning(f"prompt store {directory} holds {list(stored.names)}, not applicable now: "
-                                           f"{exc}. It is kept as it is and not written this run; starting with the "
-                                           f"prompt parameters {list(self.book.state.names)}")
-            return None
-        self.node.get_logger().info(f"prompt store {self._store.directory}: restored {list(state.names)} (the store "
-                               "takes precedence over the prompt parameters)")
-        return state
+        """Apply changed prompt parameters (PromptError: refused)."""
+        self.keeper.apply_parameters(PromptChange(
+            texts=texts_from_parameter(values["prompts"]) if "prompts" in values else None,
+            template=values.get("prompt_template"), max_prompts=values.get("max_prompts"),
+            thresholds=(thresholds_from_parameter(values["prompt_thresholds"])
+                        if "prompt_thresholds" in values else None)))
 
     def _start_helper(self) -> None:
         """``~/prompt_image`` and ``~/set_prompts`` (they embed example images: seconds of work)
@@ -193,49 +129,7 @@ class PromptInterfaces:
         self._prompt_image_node = self._prompt_image_spinner = None
 
     def commit(self, change: PromptChange) -> PromptState:
-        """Apply a change from a topic or a service, then :meth:`after_commit`."""
-        with self.lock:
-            state = self.book.apply(change)
-            self.after_commit(state)
-            return state
-
-    def after_commit(self, state: PromptState) -> None:
-        """Mirror what is active into the prompt parameters (so ``ros2 param get`` shows it),
-        log it and save it to the prompt store."""
-        mirrored = {"prompts": list(state.texts), "prompt_template": state.template,
-                    "prompt_thresholds": thresholds_to_parameter(state.thresholds)}
-        stale = [name for name, value in mirrored.items() if plain_value(self.node.get_parameter(name).value) != value]
-        if stale:
-            types = {"prompt_template": Parameter.Type.STRING}
-            self.node.set_parameters([Parameter(name, types.get(name, Parameter.Type.STRING_ARRAY), mirrored[name])
-                                 for name in stale])
-        self.report(state)
-        self.save(state)
-
-    def save(self, state: PromptState) -> None:
-        # Before the first configure the store has not been read yet: writing then would replace
-        # what configure is about to restore. A store kept as it is (unreadable now, or not
-        # applicable with these parameters) is not overwritten either.
-        if self._store is None or not self._store_restored or self._store_kept:
-            return
-        try:
-            self._store.save(stored_prompts(state))
-        except (StoreError, PromptError) as exc:
-            if not self._store_failing:
-                self.node.get_logger().warning(f"prompts are active but not saved: {exc}. The node keeps running; "
-                                          "this is said once until a save succeeds")
-            self._store_failing = True
-            return
-        if self._store_failing:
-            self.node.get_logger().info(f"prompt store {self._store.directory} written again")
-        self._store_failing = False
-
-    def report(self, state: PromptState) -> None:
-        if state.prompt_set is not None:
-            for warning in state.prompt_set.warnings:
-                self.node.get_logger().warning(warning)
-        own = f"; thresholds {dict(state.thresholds)}" if state.thresholds else ""
-        self.node.get_logger().info(f"active prompts: {list(state.names)}{own}")
+        return self.keeper.commit(change)
 
     def _on_prompts_topic(self, msg: String) -> None:
         try:
@@ -248,7 +142,7 @@ class PromptInterfaces:
 
     def _embedded(self, request: ExampleRequest) -> ImagePrompt:
         """Embed one example (a full vision pass: called on the prompt-image thread only)."""
-        return self.book.embed_image(request.name, request.example, request.text, request.text_weight)
+        return self.keeper.embed_example(request.name, request.example, request.text, request.text_weight)
 
     def _on_prompt_image(self, msg: Image) -> None:
         name = msg.header.frame_id.strip() or "image_prompt"
@@ -297,51 +191,6 @@ class PromptInterfaces:
             return state, f"{len(state.names)} prompts active"
         return self._serve("~/set_prompts", response, change, self._report_names)
 
-    def _camera_for(self, selector: str):
-        """The camera a teach request means: by name, by topic (as given or resolved), by the
-        frame_id of its images, or the only camera for ''. PromptError otherwise."""
-        cameras = self.node.cameras
-        selector = selector.strip()
-        if not selector:
-            if len(cameras) == 1:
-                return cameras[0]
-            raise PromptError(f"{len(cameras)} cameras: name one of {[c.spec.name for c in cameras]}")
-        for cam in cameras:
-            newest = cam.newest
-            if selector in (cam.spec.name, cam.spec.topic, cam.spec.resolved_topic) or (
-                    newest is not None and selector == newest.message.header.frame_id):
-                return cam
-        raise PromptError(f"unknown camera '{selector}': one of {[c.spec.name for c in cameras]} (or their "
-                          "image topics)")
-
-    def _teaching_frame(self, cam, stamp=None):
-        """The frame a region was drawn on as (message, RGB array): the one stamped ``stamp``
-        (a builtin_interfaces Time; zero or None: the newest) among the camera's last
-        ``teach_history`` frames. PromptError when there is none, when that frame is no longer
-        kept, or when it was received more than ``teach_max_age`` s ago."""
-        recent = list(cam.recent)  # a copy: the executor appends meanwhile
-        if not recent:
-            raise PromptError(f"no frame from camera '{cam.spec.name}' ({cam.spec.resolved_topic}) yet"
-                              + ("" if self.node._camera_subscriptions else ": the node is not active"))
-        wanted = None if stamp is None or (stamp.sec == 0 and stamp.nanosec == 0) else stamp.sec + stamp.nanosec * 1e-9
-        if wanted is None:
-            frame = recent[-1][1]
-        else:
-            frame = next((f for s, f in reversed(recent) if s == wanted), None)
-            if frame is None:
-                raise PromptError(f"camera '{cam.spec.name}' has no frame stamped {wanted:.9f} any more (it keeps the "
-                                  f"last {len(recent)}, stamped {recent[0][0]:.3f} to {recent[-1][0]:.3f}): draw on a "
-                                  "newer frame")
-        age = time.monotonic() - frame.received_at
-        if age > self.node.settings.teach_max_age:
-            raise PromptError(f"the frame of camera '{cam.spec.name}' to teach from was received {age:.1f} s ago "
-                              f"(teach_max_age {self.node.settings.teach_max_age:g} s)")
-        msg = frame.message
-        try:
-            return msg, read_rgb8(msg)
-        except ImageConversionError as exc:
-            raise PromptError(f"the newest frame of camera '{cam.spec.name}' cannot be read: {exc}") from exc
-
     def _teach(self, camera: str, name: str, region_of, text: str = "", text_weight: float = 0.0,
                style: str = "", stamp=None) -> tuple[PromptState, ExampleRequest]:
         """Take the camera's frame stamped ``stamp`` (zero or None: its newest), build the prompt
@@ -351,14 +200,17 @@ class PromptInterfaces:
         if not name:
             raise PromptError("the prompt has no name")
         self.book.check(PromptChange(added_images=(ImagePrompt(name),)))  # before the costly part
-        cam = self._camera_for(camera)
-        _, rgb = self._teaching_frame(cam, stamp)
+        camera_name, msg = self.teaching_frame(camera, stamp)
+        try:
+            rgb = read_rgb8(msg)
+        except ImageConversionError as exc:
+            raise PromptError(f"the frame of camera '{camera_name}' to teach from cannot be read: {exc}") from exc
         box, mask = region_of(rgb.shape[:2])
         request = example_request(name, rgb, box, mask, style or self.node.settings.visual_prompt_style, text, text_weight)
         if not request.example.has_region:
             raise PromptError(f"'{name}': no region (give a box, a mask or both)")
         state = self.commit(PromptChange(added_images=(self._embedded(request),)))
-        self.node.get_logger().info(f"taught '{name}' from camera '{cam.spec.name}' ({request.example.style})")
+        self.node.get_logger().info(f"taught '{name}' from camera '{camera_name}' ({request.example.style})")
         return state, request
 
     def _on_teach(self, request: Teach.Request, response: Teach.Response) -> Teach.Response:

@@ -109,6 +109,7 @@ def _finite(value: float) -> float | None:
 def load_prompts(engine, texts: Sequence[str], template: str, thresholds: dict, store: str | None):
     """The active PromptState: a saved prompt store (texts, example images, thresholds,
     template) and/or texts. PromptError / StoreCorrupt / LabelInputError when unusable."""
+    from clipseg_ros.core.prompts.keeper import restoring
     from clipseg_ros.core.prompts.prompt_book import PromptBook, PromptChange
     from clipseg_ros.core.prompts.store import PromptStore
 
@@ -118,7 +119,7 @@ def load_prompts(engine, texts: Sequence[str], template: str, thresholds: dict, 
         stored = PromptStore(store).load()
         if stored is None:
             raise LabelInputError(f"{store} holds no prompt store (no prompts.json)")
-        change = book.restoring(stored)
+        change = restoring(book, stored)
         extra = tuple(t for t in texts if t not in change.texts and t not in {i.name for i in change.images})
         merged = dict(change.thresholds)
         merged.update(thresholds)
@@ -464,7 +465,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     config = RunConfig(model=model, model_id=checkpoint_id(model), precision=precision, device=engine.device.type,
                        prompts=tuple(names), thresholds=prompt_set.thresholds_or(args.threshold),
                        template=state.template, threshold=args.threshold,
-                       image_prompts=tuple((i.name, pixels_digest(i.example.prompt_image))
+                       image_prompts=tuple((i.name, pixels_digest(i.prompt_image))
                                            for i in state.images),
                        probabilities=bool(args.probabilities or args.bag_out),
                        min_object_area=args.min_object_area, max_objects=args.max_objects)

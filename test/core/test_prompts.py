@@ -5,6 +5,7 @@ import pytest
 import torch
 from conftest import random_image
 
+from clipseg_ros.core.prompts.keeper import restoring, stored_prompts
 from clipseg_ros.core.prompts.prompt_book import (
     ImagePrompt,
     PromptBook,
@@ -13,7 +14,6 @@ from clipseg_ros.core.prompts.prompt_book import (
     apply_template,
     image_names_from_request,
     parse_prompt_text,
-    stored_prompts,
     texts_from_parameter,
     texts_from_request,
     texts_from_topic,
@@ -183,7 +183,7 @@ def test_thresholds_parameter_format():
 
 def test_text_and_example_combined_for_one_name(book, tiny_engine, rng):
     example = make_example(random_image(rng, 30, 30), box=Box(5, 5, 10, 10))
-    mixed = book.embed_image("my mug", example, text="mug", text_weight=0.25)
+    mixed = book.embed_image("my mug", example.prompt_image, text="mug", text_weight=0.25)
     state = book.apply(PromptChange(added_images=(mixed,)))
     text = tiny_engine.embed_texts(["mug"])[0][0]
     image = tiny_engine.embed_image(example.prompt_image)
@@ -193,18 +193,18 @@ def test_text_and_example_combined_for_one_name(book, tiny_engine, rng):
     text = tiny_engine.embed_texts(["a photo of a mug."])[0][0]
     assert torch.allclose(templated, 0.25 * text + 0.75 * image, atol=1e-6)
     with pytest.raises(PromptError, match=r"text weight for 'x' must be in \[0, 1\]"):
-        book.embed_image("x", example, text="mug", text_weight=1.5)
+        book.embed_image("x", example.prompt_image, text="mug", text_weight=1.5)
 
 
 def test_restoring_a_stored_set_gives_the_same_prompts(book, tiny_engine, rng):
     example = make_example(random_image(rng, 30, 30), box=Box(5, 5, 10, 10))
-    book.apply(PromptChange(added_images=(book.embed_image("my mug", example, "mug", 0.3),),
+    book.apply(PromptChange(added_images=(book.embed_image("my mug", example.prompt_image, "mug", 0.3, source=example),),
                             thresholds={"cup": 0.2}, template="a {}"))
     stored = stored_prompts(book.state)
     assert stored.names == ("cup", "door handle", "my mug") and stored.thresholds == (("cup", 0.2),)
     fresh = PromptBook()
     fresh.attach(tiny_engine)
-    state = fresh.apply(fresh.restoring(stored))
+    state = fresh.apply(restoring(fresh, stored))
     assert state == book.state
     assert torch.equal(state.prompt_set.embeddings, book.prompt_set.embeddings)
     assert state.prompt_set.thresholds == book.prompt_set.thresholds

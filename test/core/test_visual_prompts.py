@@ -132,7 +132,7 @@ def test_embedding_of_an_engineered_prompt_is_the_engines_embedding_of_that_imag
     book = PromptBook()
     book.attach(tiny_engine)
     example = make_example(picture, box=Box(20, 10, 30, 25))
-    image = book.embed_image("thing", example)
+    image = book.embed_image("thing", example.prompt_image)
     assert torch.equal(image.embedding, tiny_engine.embed_image(example.prompt_image))
     assert not torch.equal(image.embedding, tiny_engine.embed_image(picture))
     state = book.apply(PromptChange(added_images=(image,)))

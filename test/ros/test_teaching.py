@@ -211,7 +211,9 @@ def test_per_prompt_thresholds_by_service_and_parameter(node, client, front):
 
 
 def store_files(directory):
-    return {str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
+    """What the store holds (kept/ is each open process's working copy of its examples)."""
+    return {str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*"))
+            if p.is_file() and p.relative_to(directory).parts[0] != "kept"}
 
 
 def test_prompts_survive_a_restart_byte_for_byte(node, client, front, store_dir, tiny_checkpoint, tmp_path):

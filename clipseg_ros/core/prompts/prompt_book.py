@@ -35,8 +35,6 @@ import numpy as np
 import torch
 
 from clipseg_ros.core.model.preprocessing import as_rgb_uint8
-from clipseg_ros.core.prompts.store import StoredImagePrompt, StoredPrompts
-from clipseg_ros.core.prompts.visual_prompts import ExampleImage, make_example
 
 DEFAULT_TEMPLATE = "{}"
 DEFAULT_TEXT_WEIGHT = 0.5
@@ -72,13 +70,16 @@ class PromptSet:
 @dataclass(frozen=True)
 class ImagePrompt:
     """An example image's conditional embedding (D,), under a name. ``embedding`` None: only
-    the name is known yet (for :meth:`PromptBook.check` before embedding). ``example`` is the
-    image as sent, its region and the engineered image that was embedded (kept for the prompt
-    store and for inspection). ``text`` (optional) is mixed in with ``text_weight``."""
+    the name is known yet (for :meth:`PromptBook.check` before embedding). ``prompt_image`` is
+    the (h, w, 3) uint8 RGB image that was embedded: a newly loaded model embeds it again.
+    ``source`` is whatever the prompt's keeper keeps of the example it came from (opaque here:
+    :class:`clipseg_ros.core.prompts.keeper.PromptKeeper` puts the store's record of it on disk).
+    ``text`` (optional) is mixed in with ``text_weight``."""
 
     name: str
     embedding: torch.Tensor | None = field(default=None, compare=False)
-    example: ExampleImage | None = field(default=None, compare=False)
+    prompt_image: np.ndarray | None = field(default=None, compare=False, repr=False)
+    source: object = field(default=None, compare=False, repr=False)
     text: str = ""
     text_weight: float = 0.0
 
@@ -279,7 +280,7 @@ class PromptBook:
         PromptError (nothing attached) if they cannot be embedded."""
         with self._lock:
             images = tuple(image if image.embedding is not None
-                           else replace(image, embedding=embedder.embed_image(image.example.prompt_image))
+                           else replace(image, embedding=embedder.embed_image(image.prompt_image))
                            for image in self._state.images)
             state = replace(self._state, images=images)
             state = replace(state, prompt_set=self._embed(embedder, state))
@@ -288,42 +289,33 @@ class PromptBook:
 
     def detach(self) -> PromptState:
         """Forget the model (it is being unloaded): everything stays active; image prompts lose
-        their embeddings (they belong to that model) and keep their example images, from which
+        their embeddings (they belong to that model) and keep their prompt images, from which
         :meth:`attach` embeds them again."""
         with self._lock:
             self._embedder = None
             images = tuple(replace(image, embedding=None) for image in self._state.images
-                           if image.example is not None)
+                           if image.prompt_image is not None)
             self._state = replace(self._state, images=images, prompt_set=None)
             return self._state
 
-    def embed_image(self, name: str, image: np.ndarray | ExampleImage, text: str = "",
-                    text_weight: float = DEFAULT_TEXT_WEIGHT) -> ImagePrompt:
-        """Embed an example image (an (H, W[, 1|3|4]) uint8 RGB array used as sent, or an
-        :class:`ExampleImage`, whose prompt image is embedded) for a later change: a full vision pass that changes no
-        state, so it may run on any thread. ``text`` (optional) is mixed in with ``text_weight``
-        when the prompt is used. PromptError for a bad image or weight, or when no model is
-        attached."""
+    def embed_image(self, name: str, prompt_image: np.ndarray, text: str = "",
+                    text_weight: float = DEFAULT_TEXT_WEIGHT, source: object = None) -> ImagePrompt:
+        """Embed a prompt image ((H, W[, 1|3|4]) uint8, used as given: an example image as sent,
+        or the engineered image of a region) for a later change: a full vision pass that changes
+        no state, so it may run on any thread. ``text`` (optional) is mixed in with
+        ``text_weight`` when the prompt is used; ``source`` is carried along for the prompt's
+        keeper. PromptError for a bad image or weight, or when no model is attached."""
         text = str(text).strip()
         weight = check_text_weight(name, text_weight) if text else 0.0
         embedder = self._embedder
         if embedder is None:
             raise PromptError(f"image prompt '{name}': no model is loaded (configure the node first)")
         try:
-            example = image if isinstance(image, ExampleImage) else make_example(np.array(as_rgb_uint8(image)))
-            embedding = embedder.embed_image(example.prompt_image)
+            pixels = np.ascontiguousarray(as_rgb_uint8(prompt_image))
+            embedding = embedder.embed_image(pixels)
         except (PromptError, ValueError) as exc:
             raise PromptError(f"image prompt '{name}': {exc}") from exc
-        return ImagePrompt(name, embedding, example=example, text=text, text_weight=weight)
-
-    def restoring(self, stored: StoredPrompts) -> PromptChange:
-        """The change that makes ``stored`` (from a :class:`clipseg_ros.core.prompts.store.PromptStore`)
-        active: its image prompts are embedded from their stored prompt images (a vision pass
-        each). PromptError when one cannot be."""
-        images = tuple(self.embed_image(i.name, i.example, i.text, i.text_weight)
-                       for i in stored.images)
-        return PromptChange(texts=stored.texts, images=images, template=stored.template,
-                            thresholds=dict(stored.thresholds))
+        return ImagePrompt(name, embedding, prompt_image=pixels, source=source, text=text, text_weight=weight)
 
     # -------------------------------------------------------------- changes
     def check(self, change: PromptChange) -> PromptState:
@@ -399,17 +391,6 @@ class PromptBook:
             parts.append(embedding[None])
         return PromptSet(names=names, embeddings=torch.cat(parts), warnings=tuple(warnings),
                          thresholds=_thresholds_for(state))
-
-
-def stored_prompts(state: PromptState) -> StoredPrompts:
-    """What a prompt store keeps of ``state`` (everything but the embeddings)."""
-    images = []
-    for image in state.images:
-        if image.example is None:
-            raise PromptError(f"image prompt '{image.name}' has no example image to store")
-        images.append(StoredImagePrompt(image.name, image.example, image.text, image.text_weight))
-    return StoredPrompts(texts=state.texts, template=state.template, thresholds=state.thresholds,
-                         images=tuple(images))
 
 
 def _thresholds_for(state: PromptState) -> tuple[float | None, ...]:

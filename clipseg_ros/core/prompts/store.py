@@ -21,6 +21,15 @@ shared, so a reader never sees a half-replaced store and one writer's removal of
 longer needs never races another writer's commit (the last save wins, whole). A save removes
 every image that the document it wrote does not reference; a load by a writer (``reclaim``)
 removes images no document references (left by a process that died between its two steps).
+
+An image prompt's example is kept on disk, not in memory, from the moment it is taught
+(:meth:`PromptStore.keep`): its files go to ``kept/<session>/`` (this process's, held by an
+``fcntl`` lock on ``kept/<session>.lock`` for as long as the store is open), named like those in
+``images/``; a save links them into ``images/``. So a process holds only each prompt's prompt
+image (what a newly loaded model embeds again), and another writer's save, which removes the
+images its own document does not reference, cannot take away what this process still needs. A
+save removes the session's files the saved prompts no longer use; a writer's load links the
+restored prompts' files into its session and removes the sessions of processes that are gone.
 """
 
 from __future__ import annotations
@@ -30,6 +39,8 @@ import hashlib
 import json
 import math
 import os
+import secrets
+import shutil
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -45,6 +56,7 @@ from clipseg_ros.core.prompts.visual_prompts import Box, ExampleImage
 STORE_FILE = "prompts.json"
 LOCK_FILE = ".lock"
 IMAGES_DIR = "images"
+KEPT_DIR = "kept"
 FORMAT = "clipseg_ros prompt store"
 VERSION = 1
 
@@ -57,15 +69,38 @@ class StoreCorrupt(RuntimeError):
     """The store exists but cannot be read back exactly; the message says what is wrong."""
 
 
+@dataclass(frozen=True, eq=False)
+class KeptExample:
+    """An example image kept on disk: the SHA-256 names of its files (the image as sent, its
+    mask or None, the prompt image), its box and style, and the prompt image's pixels (what is
+    embedded; (h, w, 3) uint8 RGB). :meth:`PromptStore.read_example` reads the rest back."""
+
+    image_file: str
+    mask_file: str | None
+    prompt_image_file: str
+    box: Box | None
+    style: str
+    prompt_image: np.ndarray
+
+    @property
+    def files(self) -> tuple[str, ...]:
+        return tuple(f for f in (self.image_file, self.mask_file, self.prompt_image_file) if f is not None)
+
+
 @dataclass(frozen=True)
 class StoredImagePrompt:
-    """One image prompt as stored: its name, its example (image, region, style, prompt image)
-    and the text mixed into it."""
+    """One image prompt as stored: its name, its example and the text mixed into it. The
+    example is a :class:`KeptExample` (on disk), or an ExampleImage still in memory (where it
+    could not be kept on disk: a save writes it)."""
 
     name: str
-    example: ExampleImage
+    example: KeptExample | ExampleImage
     text: str = ""
     text_weight: float = 0.0
+
+    @property
+    def prompt_image(self) -> np.ndarray:
+        return self.example.prompt_image
 
 
 @dataclass(frozen=True)
@@ -93,6 +128,8 @@ class PromptStore:
         # Each example's files, once encoded: a save writes only what changed (a text-only change
         # with 8 prompts taught from 1080p frames re-encoded and re-hashed 24 PNGs: 0.91 s).
         self._files_of: dict[int, tuple[ExampleImage, dict[str, str]]] = {}
+        self._session: Path | None = None  # kept/<session>/, created by the first keep or writer's load
+        self._session_fd: int | None = None  # holds the session's lock while the store is open
 
     @property
     def path(self) -> Path:
@@ -125,8 +162,11 @@ class PromptStore:
         store), images no document references are removed too."""
         with self._locked(exclusive=reclaim):
             stored = self._load()
+            if reclaim:
+                self._remove_dead_sessions()
             if reclaim and stored is not None:
                 self._remove_unreferenced()
+                self._pin(stored)
             return stored
 
     def _remove_unreferenced(self) -> None:
@@ -160,6 +200,120 @@ class PromptStore:
             raise StoreCorrupt(f"{self.path} is not a valid prompt store: {type(exc).__name__}: {exc}") from exc
         self._referenced = files
         return stored
+
+    def read_example(self, kept: KeptExample) -> ExampleImage:
+        """The whole example (image as sent, mask, prompt image) of ``kept``, read back from the
+        session or ``images/``. StoreCorrupt when a file is missing or changed."""
+        def read(digest):
+            for folder in ((self._session,) if self._session is not None else ()) + (self.directory / IMAGES_DIR,):
+                if (folder / f"{digest}.png").is_file():
+                    return _read_png(self.directory, f"{IMAGES_DIR}/{digest}.png", "example",
+                                     path=folder / f"{digest}.png")
+            raise StoreCorrupt(f"the kept example file {digest}.png is gone")
+        mask = read(kept.mask_file) if kept.mask_file is not None else None
+        return ExampleImage(image=_rgb(read(kept.image_file)), box=kept.box, mask=mask, style=kept.style,
+                            prompt_image=_rgb(read(kept.prompt_image_file)))
+
+    # -------------------------------------------------------------- the session
+    def keep(self, example: ExampleImage) -> KeptExample:
+        """Write ``example``'s images into this process's session (see the module doc) and
+        return the record that stands for it; the caller may drop the pixels but the prompt
+        image. StoreError when they cannot be written."""
+        try:
+            session = self._open_session()
+            files = {role: _write_png(session, pixels, relative_to=None) for role, pixels in _example_pixels(example)}
+        except (OSError, ValueError) as exc:
+            raise StoreError(f"cannot keep the example in the prompt store {self.directory}: {exc}") from exc
+        return KeptExample(image_file=files["image"], mask_file=files.get("mask"),
+                           prompt_image_file=files["prompt_image"], box=example.box, style=example.style,
+                           prompt_image=example.prompt_image)
+
+    def close(self) -> None:
+        """Remove this process's session (what it still needs is in ``images/`` once saved) and
+        release its lock. The store may be used again afterwards (a new session)."""
+        session, fd = self._session, self._session_fd
+        self._session = self._session_fd = None
+        if session is not None:
+            shutil.rmtree(session, ignore_errors=True)
+            try:
+                session.with_suffix(".lock").unlink()
+            except OSError:
+                pass
+        if fd is not None:
+            os.close(fd)
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - interpreter shutdown: the lock goes with the process
+            pass
+
+    def _open_session(self) -> Path:
+        if self._session is not None and self._session.is_dir():
+            return self._session
+        self.close()
+        kept = self.directory / KEPT_DIR
+        kept.mkdir(parents=True, exist_ok=True)
+        name = f"{os.getpid()}-{secrets.token_hex(4)}"
+        fd = os.open(kept / f"{name}.lock", os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            (kept / name).mkdir()
+        except OSError:
+            os.close(fd)
+            raise
+        self._session, self._session_fd = kept / name, fd
+        return self._session
+
+    def _pin(self, stored: StoredPrompts) -> None:
+        """Link the files of ``stored``'s kept examples into the session (a writer restoring them)."""
+        try:
+            session = self._open_session()
+            for image in stored.images:
+                if isinstance(image.example, KeptExample):
+                    for digest in image.example.files:
+                        _link_or_copy(self.directory / IMAGES_DIR / f"{digest}.png", session / f"{digest}.png")
+        except OSError as exc:
+            raise StoreError(f"cannot keep the restored examples in {self.directory / KEPT_DIR}: {exc}") from exc
+
+    def _remove_dead_sessions(self) -> None:
+        """Remove the sessions of processes that are gone (their lock can be taken)."""
+        kept = self.directory / KEPT_DIR
+        try:
+            locks = [p for p in kept.iterdir() if p.suffix == ".lock"]
+        except OSError:
+            return
+        for lock in locks:
+            if self._session is not None and lock == self._session.with_suffix(".lock"):
+                continue
+            try:
+                fd = os.open(lock, os.O_RDWR)
+            except OSError:
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                os.close(fd)
+                continue  # its process is alive
+            try:
+                shutil.rmtree(lock.with_suffix(""), ignore_errors=True)
+                lock.unlink()
+            except OSError:
+                pass
+            finally:
+                os.close(fd)
+
+    def _prune_session(self, prompts: StoredPrompts) -> None:
+        if self._session is None:
+            return
+        used = {f"{digest}.png" for image in prompts.images if isinstance(image.example, KeptExample)
+                for digest in image.example.files}
+        try:
+            for path in self._session.iterdir():
+                if path.name not in used:
+                    path.unlink()
+        except OSError:
+            pass  # a leftover costs disk space until close
 
     def set_aside(self) -> Path:
         """Move ``prompts.json`` and ``images/`` into a new ``rejected-<UTC time>/`` directory
@@ -203,6 +357,11 @@ class PromptStore:
             images_dir.mkdir(parents=True, exist_ok=True)
             entries, files, encoded = [], set(), {}
             for image in prompts.images:
+                if isinstance(image.example, KeptExample):
+                    example_files = self._publish(image.name, image.example)
+                    entries.append(_image_entry(image, example_files))
+                    files |= set(example_files.values())
+                    continue
                 cached = self._files_of.get(id(image.example))
                 if cached is not None and cached[0] is image.example and all(
                         (self.directory / f).is_file() for f in cached[1].values()):
@@ -223,9 +382,28 @@ class PromptStore:
                 write_atomic(self.path, data)
             self._referenced = files
             self._remove_unreferenced()  # what the replaced document needed, whoever wrote it
+            self._prune_session(prompts)
             return not unchanged
         except (OSError, ValueError) as exc:
             raise StoreError(f"cannot write the prompt store {self.directory}: {exc}") from exc
+
+
+    def _publish(self, name: str, kept: KeptExample) -> dict[str, str]:
+        """Make sure ``images/`` holds ``kept``'s files (linked from the session where another
+        writer removed them, or where they were never saved); their names in the store."""
+        roles = {"image": kept.image_file, "prompt_image": kept.prompt_image_file}
+        if kept.mask_file is not None:
+            roles["mask"] = kept.mask_file
+        images_dir = self.directory / IMAGES_DIR
+        for digest in roles.values():
+            target = images_dir / f"{digest}.png"
+            if target.is_file() and _sha256(target) == digest:
+                continue
+            source = self._session / f"{digest}.png" if self._session is not None else None
+            if source is None or not source.is_file():
+                raise StoreError(f"image prompt '{name}': its example file {digest}.png is no longer kept")
+            _link_or_copy(source, target)
+        return {role: f"{IMAGES_DIR}/{digest}.png" for role, digest in roles.items()}
 
 
 # ---------------------------------------------------------------------- document
@@ -240,13 +418,17 @@ def _document(prompts: StoredPrompts, image_entries: list[dict]) -> dict:
     }
 
 
+def _example_pixels(example: ExampleImage):
+    """(role, pixels as written) of an example's images."""
+    yield "image", _bgr(example.image)
+    yield "prompt_image", _bgr(example.prompt_image)
+    if example.mask is not None:
+        yield "mask", np.ascontiguousarray(example.mask, np.uint8)
+
+
 def _example_files(example: ExampleImage, images_dir: Path) -> dict[str, str]:
     """Write an example's images (those not there yet); their names in the store."""
-    files = {"image": _write_png(images_dir, _bgr(example.image)),
-             "prompt_image": _write_png(images_dir, _bgr(example.prompt_image))}
-    if example.mask is not None:
-        files["mask"] = _write_png(images_dir, np.ascontiguousarray(example.mask, np.uint8))
-    return files
+    return {role: _write_png(images_dir, pixels) for role, pixels in _example_pixels(example)}
 
 
 def _image_entry(image: StoredImagePrompt, files: dict[str, str]) -> dict:
@@ -295,10 +477,11 @@ def _image_from_entry(entry: Mapping, directory: Path) -> tuple[StoredImagePromp
     name = entry["name"]
     if not isinstance(name, str) or not name:
         raise StoreCorrupt(f"image prompt name {name!r} is not a non-empty string")
-    image = _rgb(_read_png(directory, entry["image"], name))
+    # every file is read back and checked; only the prompt image stays in memory
+    image_shape = _rgb(_read_png(directory, entry["image"], name)).shape
     prompt_image = _rgb(_read_png(directory, entry["prompt_image"], name))
     mask = _read_png(directory, entry["mask"], name) if entry["mask"] is not None else None
-    if mask is not None and (mask.ndim != 2 or mask.shape != image.shape[:2]):
+    if mask is not None and (mask.ndim != 2 or mask.shape != image_shape[:2]):
         raise StoreCorrupt(f"image prompt {name!r}: its mask does not match its image")
     box = None if entry["box"] is None else Box(*(int(v) for v in entry["box"]))
     weight = float(entry["text_weight"])
@@ -308,7 +491,10 @@ def _image_from_entry(entry: Mapping, directory: Path) -> tuple[StoredImagePromp
     if not isinstance(text, str) or not isinstance(entry["style"], str):
         raise StoreCorrupt(f"image prompt {name!r}: text and style must be strings")
     files = {entry["image"], entry["prompt_image"]} | ({entry["mask"]} if mask is not None else set())
-    example = ExampleImage(image=image, box=box, mask=mask, style=entry["style"], prompt_image=prompt_image)
+    example = KeptExample(image_file=Path(entry["image"]).stem,
+                          mask_file=None if mask is None else Path(entry["mask"]).stem,
+                          prompt_image_file=Path(entry["prompt_image"]).stem, box=box, style=entry["style"],
+                          prompt_image=prompt_image)
     return StoredImagePrompt(name=name, example=example, text=text, text_weight=weight), files
 
 
@@ -319,9 +505,10 @@ def _str_list(value, what: str) -> list[str]:
 
 
 # ---------------------------------------------------------------------- files
-def _write_png(images_dir: Path, pixels: np.ndarray) -> str:
+def _write_png(images_dir: Path, pixels: np.ndarray, relative_to: str | None = IMAGES_DIR) -> str:
     """Write ``pixels`` as PNG named by its SHA-256 (skipped when that file exists with those
-    bytes); returns the path relative to the store."""
+    bytes) into ``images_dir``; returns the path relative to the store (``relative_to`` None:
+    the bare SHA-256)."""
     ok, encoded = cv2.imencode(".png", pixels)
     if not ok:
         raise ValueError(f"cannot encode a {pixels.shape} {pixels.dtype} image as PNG")
@@ -330,13 +517,13 @@ def _write_png(images_dir: Path, pixels: np.ndarray) -> str:
     path = images_dir / f"{digest}.png"
     if not (path.exists() and _sha256(path) == digest):
         write_atomic(path, data)
-    return f"{IMAGES_DIR}/{path.name}"
+    return digest if relative_to is None else f"{relative_to}/{path.name}"
 
 
-def _read_png(directory: Path, relative, name: str) -> np.ndarray:
+def _read_png(directory: Path, relative, name: str, path: Path | None = None) -> np.ndarray:
     if not isinstance(relative, str) or not relative.startswith(f"{IMAGES_DIR}/") or "/" in relative[len(IMAGES_DIR) + 1:]:
         raise StoreCorrupt(f"image prompt {name!r}: {relative!r} is not a file in {IMAGES_DIR}/")
-    path = directory / relative
+    path = path or directory / relative
     try:
         data = path.read_bytes()
     except FileNotFoundError as exc:
@@ -349,6 +536,23 @@ def _read_png(directory: Path, relative, name: str) -> np.ndarray:
     if pixels is None or pixels.dtype != np.uint8:
         raise StoreCorrupt(f"image prompt {name!r}: {path} is not an 8-bit PNG")
     return pixels
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    """``target`` becomes ``source``'s content, atomically (a hard link where the file system
+    has them: no second copy on disk)."""
+    tmp = target.with_name(f".{target.name}.{secrets.token_hex(4)}.tmp")
+    try:
+        try:
+            os.link(source, tmp)
+        except OSError:
+            shutil.copyfile(source, tmp)
+        os.replace(tmp, target)
+    finally:
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
 
 
 def _sha256(path: Path) -> str:
