@@ -40,6 +40,7 @@ class OutputOptions:
     markers: bool = True
     positions: bool = True
     marker_lifetime: float = 3.0  # s
+    overlay_note: str = ""  # written across the overlay's bottom (the node: untrained weights)
 
 
 @dataclass
@@ -67,7 +68,8 @@ def build_outputs(result: SegmentationResult, image_rgb: np.ndarray, header,
     overlay = None
     if options.overlay:
         bgr = render_overlay(cv2.cvtColor(image_rgb, cv2.COLOR_RGB2BGR), result.label, result.prompts,
-                             alpha=options.overlay_alpha, scores=[s.max_score for s in result.stats])
+                             alpha=options.overlay_alpha, scores=[s.max_score for s in result.stats],
+                             note=options.overlay_note)
         overlay = cv2_to_imgmsg(bgr, "bgr8", header)
     segmentation = segmentation_msg(result, header, include_masks=options.include_masks, label=label)
     confidences = confidences_msg(result, header)

@@ -30,13 +30,12 @@ import cv2
 import numpy as np
 
 from clipseg_ros.core.model.engine import DEFAULT_MODEL
-from clipseg_ros.core.model.random_checkpoint import is_untrained, make_random_checkpoint
+from clipseg_ros.core.model.random_checkpoint import UNTRAINED_NOTE, is_untrained, make_random_checkpoint
 from clipseg_ros.ros.spinner import BackgroundSpinner
 from clipseg_ros.tools.child_node import ChildNode
 
 DEFAULT_PROMPTS = "cup;cat;person;rocket"
 SAMPLE_PHOTOS = ("coffee", "chelsea", "astronaut", "rocket")
-UNTRAINED_NOTE = "untrained weights: masks are meaningless"
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 # Once the node says it is segmenting, its first answer takes one inference (1-5 s on a CPU); 30 s
 # without one means DDS never paired this player with it (see child_node), so a new node is started.

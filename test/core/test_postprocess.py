@@ -211,3 +211,33 @@ def test_stats_and_detected_use_each_prompts_threshold():
     assert low.area_fraction == 12 / 64 and high.area_fraction == 0
     with pytest.raises(ValueError, match="1 thresholds for 2 prompts"):
         postprocess_logits(logits_from_probs(probs), ["low", "high"], (8, 8), threshold=0.4, thresholds=[0.3])
+
+
+def test_the_legend_is_backed_and_names_prompts_in_their_own_script():
+    # the issue: a small legend without backing, and every non-ASCII prompt drawn as '?'
+    from clipseg_ros.core.results.overlay import legend_font
+
+    img = np.full((480, 640, 3), 230, np.uint8)  # a bright, busy-free picture: text must still show
+    label = np.zeros((480, 640), np.uint8)
+    out = render_overlay(img, label, ["cup", "чашка"], scores=[0.5, 0.25])
+    legend = out[2:40, 2:120]
+    assert legend.mean() < 0.6 * 230  # a dark backing behind the legend
+    assert (legend > 200).any()  # light text on it
+    assert (out[300:, 300:] == 230).all()  # nothing drawn elsewhere
+    font, text = legend_font("чашка", 16)
+    if text == "чашка":  # a font with Cyrillic is here (DejaVu on the CI image): drawn as written
+        assert not np.array_equal(render_overlay(img, label, ["чашка"]), render_overlay(img, label, ["?????"]))
+    else:  # no such font: each character says what it is
+        assert text == "<U+0447><U+0430><U+0448><U+043A><U+0430>"
+    # a character no font has is written as its code point, never as '?'
+    _, unknown = legend_font("cup \U000F0001", 16)
+    assert unknown == "cup <U+F0001>"
+
+
+def test_the_overlay_carries_a_note_across_its_bottom():
+    img = np.full((240, 320, 3), 200, np.uint8)
+    label = np.zeros((240, 320), np.uint8)
+    plain = render_overlay(img, label, ["cup"])
+    noted = render_overlay(img, label, ["cup"], note="untrained weights: masks are meaningless")
+    assert np.array_equal(plain[:200], noted[:200])  # only the bottom band changes
+    assert noted[225:].mean() < 0.5 * 200 and (noted[225:] != plain[225:]).any()

@@ -19,6 +19,7 @@ import torch
 from clipseg_ros.core.model.precision import quiet_torchao_import
 
 UNTRAINED_MARKER = "clipseg_ros_untrained.json"
+UNTRAINED_NOTE = "untrained weights: masks are meaningless"  # said wherever such a model's output is shown
 
 
 def _bytes_to_unicode() -> dict[int, str]:
