@@ -1,0 +1,205 @@
+"""The docs' benchmark tables, rendered from the JSON the benchmark scripts wrote.
+
+Every table of figures in README.md and docs/*.md sits between two markers::
+
+    <!-- table: engine (benchmarks/results/engine_cpu.json) -->
+    | ... the table ... |
+    <!-- /table -->
+
+    python benchmarks/tables.py           # rewrite every marked table from its JSON
+    python benchmarks/tables.py --check   # exit 1 naming each table that differs (the test does this)
+
+A rerun of a benchmark therefore cannot leave a stale table: ``test/project/test_docs_tables.py``
+fails until the docs are rendered again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+DOCUMENTS = ("README.md", "docs/*.md")
+BLOCK = re.compile(r"(<!-- table: (?P<name>[\w-]+) \(benchmarks/results/(?P<file>[\w.-]+\.json)\) -->\n)"
+                   r"(?P<body>.*?)(<!-- /table -->)", re.S)
+
+
+def _table(header: list[str], align: str, rows: list[list]) -> str:
+    """A markdown table; ``align`` has one letter per column: l (left) or r (right)."""
+    rule = ["---:" if a == "r" else "---" for a in align]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(rule) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def _f(value, digits: int = 1) -> str:
+    return "" if value is None else f"{value:.{digits}f}"
+
+
+def _x(value, digits: int = 2) -> str:
+    return "" if value is None else f"{value:.{digits}f}x"
+
+
+def engine(d: dict) -> str:
+    return _table(["prompts", "HF blog usage (ms)", "engine (ms)", "speed-up", "max abs logit diff", "preprocess diff"],
+                  "rrrrrr", [[r["prompts"], _f(r["baseline_ms"]), _f(r["engine_ms"]), _x(r["speedup"]),
+                              f"{r['max_abs_logit_diff']:.1e}", f"{r['max_abs_preprocess_diff']:.1e}"] for r in d["rows"]])
+
+
+def precision_engine(d: dict) -> str:
+    blog = d["blog_usage_ms_8_prompts"]
+    rows = []
+    for r in d["engine"]:
+        vs_blog = f"{blog / r['total_ms']:.2f}" if r["prompts"] == 8 else ""
+        label = {"int8": "int8 (onnxruntime vision, float32 rest)", "auto": "`auto`"}.get(r["precision"], r["precision"])
+        rows.append([label, r["prompts"], _f(r["preprocess_ms"]), _f(r["vision_ms"]), _f(r["decoder_ms"]),
+                     _f(r["post_ms"]), _f(r["total_ms"]), f"{r['speedup_vs_float32']:.2f}", vs_blog])
+    return _table(["precision", "N", "preprocess", "vision", "decoder", "post", "total (ms)", "vs float32", "vs blog"],
+                  "lrrrrrrrr", rows)
+
+
+def precision_agreement(d: dict) -> str:
+    return _table(["precision", "frames x prompts", "mask pixels agreeing", "worst image and prompt",
+                   "largest probability difference"], "lrrrr",
+                  [[r["precision"], f"{r['frames']} x {r['prompts']}", f"{100 * r['mask_agreement']:.2f}%",
+                    f"{100 * r['worst_mask_agreement']:.2f}%", f"{r['max_probability_difference']:.3f}"]
+                   for r in d["agreement"]])
+
+
+def precision_node(d: dict) -> str:
+    rows = []
+    for r in d["node"]:
+        cache = r.get("graph_cache", "") if r["dtype"] != "float32" else ""  # float32 runs no graph
+        rows.append([f"`{r['dtype']}`", cache, f"{r['output_hz']:.1f}",
+                     f"{r['latency_ms_p50']:.0f} / {r['latency_ms_p95']:.0f}", f"{r['first_output_s']:.1f}"])
+    return _table(["`dtype`", "graph cache", "outputs/s", "latency p50 / p95 (ms)", "start to first output (s)"],
+                  "llrrr", rows)
+
+
+def onnx_probe(d: dict) -> str:
+    return _table(["runtime", "precision", "vision (ms)", "vs torch float32", "vs torch bfloat16",
+                   "relative error of the last layer used"], "llrrrr",
+                  [[r["runtime"], r["precision"], _f(r["ms"]), f"{r['speedup_vs_torch_float32']:.2f}",
+                    f"{r['speedup_vs_torch_bfloat16']:.2f}", f"{100 * r['relative_error']:.1f}%"] for r in d["vision"]])
+
+
+def node_overhead(d: dict) -> str:
+    return _table(["input", "model (ms)", "node overhead (ms)", "overhead / model", "convert", "post", "fill", "publish"],
+                  "lrrrrrrr", [[r["size"], _f(r["model_ms"]), _f(r["overhead_ms"]), f"{100 * r['overhead_ratio']:.1f}%",
+                                f"{r['convert_ms']:.2f}", f"{r['post_ms']:.2f}", f"{r['fill_ms']:.2f}",
+                                f"{r['publish_ms']:.2f}"] for r in d["overhead"]])
+
+
+def propagation_accuracy(d: dict) -> str:
+    return _table(["motion", "IoU after 5 frames", "after 15", "after 30"], "lrrr",
+                  [[r["motion"], f"{r['iou_after_5']:.3f}" if "iou_after_5" in r else f"{r['iou_after_7']:.3f} (after 7)",
+                    f"{r['iou_after_15']:.3f}", f"{r['iou_after_30']:.3f}"] for r in d["motion"]])
+
+
+def propagation_node(d: dict) -> str:
+    rows, base = [], {}
+    for r in d["node"]["rows"]:
+        if not r["propagate"]:
+            base[r["rate"]] = r["model_hz"]
+    for r in d["node"]["rows"]:
+        prop = f"`propagate_rate` {r['propagate_rate']:g}" if r["propagate"] else "off"
+        budget = "" if r["propagation_budget"] is None else (
+            "1.0 (none)" if r["propagation_budget"] >= 1 else f"{r['propagation_budget']:g}")
+        ratio = r["model_hz"] / base[r["rate"]] if base.get(r["rate"]) else None
+        rows.append([f"{r['rate']:g}", prop, budget, f"{r['model_hz']:.2f}", f"{r['propagated_hz']:.1f}" if r["propagate"]
+                     else "0", f"{r['outputs_hz']:.2f}" if not r["propagate"] else f"{r['outputs_hz']:.1f}",
+                     _f(ratio, 2)])
+    return _table(["`rate`", "propagation", "budget", "model frames/s", "propagated outputs/s", "all outputs/s",
+                   "model rate vs off"], "rlrrrrr", rows)
+
+
+def label_speed(d: dict) -> str:
+    rows = [["live node (`rate` 0)", f"{d['live_node']['frames_per_s']:.2f}", "1.00"]]
+    rows += [[f"`clipseg-label --batch {r['batch']}`", f"{r['frames_per_s']:.2f}", f"{r['vs_live_node']:.2f}"]
+             for r in d["labeller"]]
+    return _table(["", "frames/s", "vs the live node"], "lrr", rows)
+
+
+def label_memory(d: dict) -> str:
+    return _table(["frames", "Python heap peak (MB)", "max RSS (MB)", "record size (kB)"], "rrrr",
+                  [[r["frames"], f"{r['python_heap_peak_mb']:.1f}", f"{r['max_rss_mb']:.1f}", f"{r['record_kb']:.1f}"]
+                   for r in d["rows"]])
+
+
+def spatial(d: dict) -> str:
+    rows = []
+    for r in d["rows"]:
+        rows.append([r['size'], f"{r['model_ms']:.0f}", f"{r['objects_only_ms']:.1f}", f"{r['scene_ms']:.1f}",
+                     f"{r['messages_3d_ms']:.1f}", f"{100 * r['share_of_model']:.1f}%",
+                     f"{r['objects']} / {r['cloud_points']} + {r['obstacle_points']} + {r['clearing_points']}"])
+    return _table(["input", "model (ms)", "objects (ms)", "objects + 3D + clouds (ms)", "3D messages (ms)",
+                   "share of model", "objects / cloud + obstacle + clearing points"], "lrrrrrr", rows)
+
+
+def soak(d: dict) -> str:
+    rows = []
+    for w in d["windows"]:
+        hz = sorted(set(w["outputs_hz"].values()))
+        rows.append([f"{w['t_s'] / 60:.0f}", " / ".join(f"{h:.2f}" for h in hz), f"{w['latency_ms_p50']:.0f}",
+                     f"{w['latency_ms_p95']:.0f}", f"{w['model_ms_p50']:.0f}", f"{w['rss_mib']:.0f}"])
+    return _table(["t (min)", "outputs per camera (Hz)", "latency p50 (ms)", "p95 (ms)", "model time p50 (ms)",
+                   "RSS (MiB)"], "rrrrrr", rows)
+
+
+def headline(d: dict) -> str:
+    """The front page's figures: the real node at 8 prompts on the CI machine's 2 cores."""
+    auto = next(r for r in d["node"] if r["dtype"] == "auto" and r.get("graph_cache") == "filled")
+    fp32 = next(r for r in d["node"] if r["dtype"] == "float32")
+    eight = {r["precision"]: r for r in d["engine"] if r["prompts"] == 8}
+    best = min(eight.values(), key=lambda r: r["total_ms"])
+    return _table(["8 prompts, 640x480, 2 CPU cores (" + d["cpu"] + ")", "figure"], "lr", [
+        ["node outputs/s, `dtype` auto / float32", f"{auto['output_hz']:.1f} / {fp32['output_hz']:.1f}"],
+        ["node latency p50, `dtype` auto (ms)", f"{auto['latency_ms_p50']:.0f}"],
+        ["engine frame, fastest precision (ms)", f"{best['total_ms']:.0f}"],
+        ["engine vs the HF blog usage (one forward per prompt)", f"{d['blog_usage_ms_8_prompts'] / best['total_ms']:.1f}x"],
+    ])
+
+
+RENDERERS = {f.__name__.replace("_", "-"): f for f in (
+    engine, precision_engine, precision_agreement, precision_node, onnx_probe, node_overhead, propagation_accuracy,
+    propagation_node, label_speed, label_memory, spatial, soak, headline)}
+
+
+def documents() -> list[Path]:
+    return [p for pattern in DOCUMENTS for p in sorted(ROOT.glob(pattern))]
+
+
+def render(text: str, results: Path = RESULTS) -> str:
+    """``text`` with every marked table rendered from its JSON."""
+    def one(match):
+        data = json.loads((results / match["file"]).read_text())
+        return match.group(1) + RENDERERS[match["name"]](data) + match.group(5)
+    return BLOCK.sub(one, text)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--check", action="store_true", help="only say which tables differ from their JSON")
+    args = parser.parse_args(argv)
+    stale = []
+    for path in documents():
+        text = path.read_text()
+        rendered = render(text)
+        if rendered != text:
+            stale.append(path.relative_to(ROOT))
+            if not args.check:
+                path.write_text(rendered)
+    if args.check and stale:
+        print("tables differ from benchmarks/results: " + ", ".join(map(str, stale)), file=sys.stderr)
+        return 1
+    for path in stale:
+        print(f"rewrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
