@@ -52,3 +52,12 @@ def test_a_changed_result_makes_the_check_fail(tmp_path):
     rendered = tables.render(text, results)
     assert rendered != text and "| 1234.5 |" in rendered
     assert re.search(r"<!-- table: engine \(benchmarks/results/engine_cpu.json\) -->\n\| prompts", rendered)
+
+
+def test_the_interfaces_page_holds_every_message_and_service_verbatim():
+    page = (ROOT / "docs" / "interfaces.md").read_text()
+    files = sorted((ROOT / "msg").glob("*.msg")) + sorted((ROOT / "srv").glob("*.srv"))
+    assert len(files) >= 7
+    for path in files:
+        assert f"### {path.parent.name}/{path.name}\n\n```\n{path.read_text().rstrip()}\n```" in page, (
+            f"docs/interfaces.md: {path.name} is missing or differs from the shipped definition")
