@@ -12,7 +12,6 @@ VENV=$(cd "$1" && pwd)
 PREFIX=${2:-$VENV}
 mkdir -p "$PREFIX"
 PREFIX=$(cd "$PREFIX" && pwd)
-BUILD=$PREFIX/build/clipseg_ros_interfaces
 
 # Earlier versions of this setup built in the repository's build/ folder: remove such a build
 # (recognised by its install prefix), so that colcon configures its own.
@@ -22,8 +21,4 @@ if [ -f "$OLD/CMakeCache.txt" ] && grep -qx "CMAKE_INSTALL_PREFIX:PATH=$PREFIX" 
   rm -rf "$OLD" "$OLD.log"
 fi
 
-mkdir -p "$(dirname "$BUILD")"
-cmake -S msg -B "$BUILD" -DCMAKE_INSTALL_PREFIX="$PREFIX" -DCMAKE_PREFIX_PATH="$VENV" \
-  -DPython3_EXECUTABLE="$VENV/bin/python" -DBUILD_TESTING=OFF >"$BUILD.log" 2>&1 || { cat "$BUILD.log"; exit 1; }
-cmake --build "$BUILD" -j"$(nproc)" >>"$BUILD.log" 2>&1 || { tail -50 "$BUILD.log"; exit 1; }
-cmake --install "$BUILD" >>"$BUILD.log" 2>&1 || { tail -50 "$BUILD.log"; exit 1; }
+bash .ci/build_msg_package.sh msg clipseg_ros_interfaces "$VENV" "$PREFIX"

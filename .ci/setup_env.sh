@@ -27,8 +27,12 @@ else
 fi
 
 # Everything the environment is built from; a change to any of it redoes the setup.
-digest=$(cat .ci/requirements-dev.txt .ci/setup_env.sh .ci/build_interfaces.sh msg/CMakeLists.txt msg/package.xml msg/*.msg srv/*.srv \
-         setup.py setup.cfg package.xml | sha256sum | cut -d' ' -f1)
+# vision_msgs (not on PyPI) comes from an installed ROS where there is one, else from the team's
+# vendored copy beside the repository; whether that copy is there is part of the digest.
+VENDOR_VISION_MSGS=$ROOT/../shared/vendor/vision_msgs
+digest=$( (cat .ci/requirements-dev.txt .ci/setup_env.sh .ci/build_interfaces.sh .ci/build_msg_package.sh \
+          msg/CMakeLists.txt msg/package.xml msg/*.msg srv/*.srv setup.py setup.cfg package.xml;
+          ls "$VENDOR_VISION_MSGS/package.xml" 2>/dev/null || true) | sha256sum | cut -d' ' -f1)
 if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$digest" ]; then
   exit 0
 fi
@@ -47,6 +51,16 @@ NPINC=$("$PY" -c 'import numpy; print(numpy.get_include())')
 
 echo "setup_env: building clipseg_ros_interfaces into the venv"
 bash .ci/build_interfaces.sh "$VENV"
+
+if "$PY" -c 'import vision_msgs.msg' 2>/dev/null; then
+  echo "setup_env: vision_msgs is installed"
+elif [ -f "$VENDOR_VISION_MSGS/package.xml" ]; then
+  echo "setup_env: building vision_msgs (vendored upstream 4.1.1) into the venv"
+  bash .ci/build_msg_package.sh "$VENDOR_VISION_MSGS" vision_msgs "$VENV"
+else
+  echo "setup_env: vision_msgs is not installed and $VENDOR_VISION_MSGS is absent: the node runs without" \
+       "~/detections, ~/detections_3d and ~/label_info, and their tests say why they did not run"
+fi
 
 echo "setup_env: installing clipseg_ros (editable)"
 "$PY" -m pip install -q --no-deps --no-build-isolation -e .

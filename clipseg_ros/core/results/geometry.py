@@ -15,6 +15,7 @@ from typing import Sequence
 import cv2
 import numpy as np
 
+from clipseg_ros.core.results.boxes import MAX_NORMAL_POINTS, OrientedBox, fit_oriented_box, surface_normals
 from clipseg_ros.core.results.grids import centre_indices, resample_nearest
 
 NAN3 = (math.nan, math.nan, math.nan)
@@ -261,6 +262,7 @@ class Position3D:
     inliers: int
     box_center: tuple[float, float, float] = NAN3
     surface: DepthSurface | None = None
+    box: OrientedBox | None = None  # the oriented box of the inlier points (clipseg_ros.core.results.boxes)
 
     @property
     def has_position(self) -> bool:
@@ -305,8 +307,13 @@ def locate_pixels(depth_m: np.ndarray, vs: np.ndarray, us: np.ndarray, camera: P
     z32 = zs.astype(np.float32)
     low = np.array([float((left_x * z32).min()), float((top_y * z32).min()), float(z32.min())])
     high = np.array([float((right_x * z32).max()), float((bottom_y * z32).max()), float(z32.max())])
+    # the dominant normal needs no more than MAX_NORMAL_POINTS samples of the normals
+    sample = np.linspace(0, vs.size - 1, min(vs.size, MAX_NORMAL_POINTS)).astype(np.int64)
+    normals = np.full(points.shape, np.nan)
+    normals[sample] = surface_normals(depth_m, camera, vs[sample], us[sample])
+    box = fit_oriented_box(points, normals)
     return Position3D(position, tuple(float(v) for v in high - low), fraction, int(keep.sum()),
-                      tuple(float(v) for v in (low + high) / 2), surface)
+                      tuple(float(v) for v in (low + high) / 2), surface, box)
 
 
 @dataclass(frozen=True, eq=False)

@@ -76,6 +76,9 @@ class Scene:
     obstacle_cloud: MaskedCloud | None = None
     clearing_cloud: np.ndarray | None = None  # (K, 3) float32, every valid depth point (strided)
     all_depth_invalid: bool = False
+    # per prompt, its component map on the object grid (None: no object), where an object's
+    # pixels hold its ``object.component`` (see objects.PromptObjects)
+    components: tuple[np.ndarray | None, ...] = ()
 
     def best(self, prompt_index: int) -> SceneObject | None:
         """The prompt's best object that has a 3D position, if any."""
@@ -93,8 +96,10 @@ def build_scene(result: SegmentationResult, depth: DepthFrame | None, options: S
     ``max_objects``) are not in the clouds either."""
     found = find_objects(result.masks, result.prompts, result.prompt_thresholds, result.image_size,
                          min_area=options.min_object_area, max_objects=options.max_objects)
+    components = tuple(p.components if p.objects else None for p in found)
     if depth is None:
-        return Scene(tuple(tuple(SceneObject(o, NO_POSITION) for o in p.objects) for p in found))
+        return Scene(tuple(tuple(SceneObject(o, NO_POSITION) for o in p.objects) for p in found),
+                     components=components)
     all_invalid = not bool(np.isfinite(depth.metres).any())
     placed = [tuple(SceneObject(o, _locate(depth, p.components, o, options.depth_band)) for o in p.objects)
               for p in found]
@@ -111,7 +116,7 @@ def build_scene(result: SegmentationResult, depth: DepthFrame | None, options: S
                               [names.index(n) + 1 for n in options.obstacle_prompts if n in names], keep)
     if options.clearing_cloud:
         clearing = depth_cloud(depth.metres, depth.camera, options.cloud_stride, options.cloud_max_points)
-    return Scene(tuple(placed), depth, cloud, obstacle, clearing, all_invalid)
+    return Scene(tuple(placed), depth, cloud, obstacle, clearing, all_invalid, components)
 
 
 def _locate(depth: DepthFrame, grid_components: np.ndarray, obj: DetectedObject, depth_band: float) -> Position3D:
