@@ -67,6 +67,15 @@ def depth_frame(h: int, w: int) -> DepthFrame:
     return DepthFrame(metres, camera, "camera_depth_optical_frame", (0, 0))
 
 
+def measured_frames(engine, prompt_set, repeats: int):
+    """Per size (640x480, 1280x720): (w, h, the random image, the model's ms on it, the
+    synthetic result and depth frame of that size)."""
+    for h, w in [(480, 640), (720, 1280)]:
+        image = np.random.default_rng(1).integers(0, 256, (h, w, 3), dtype=np.uint8)
+        model_ms = median_ms(lambda: engine.segment(image, prompt_set), repeats)
+        yield w, h, image, model_ms, synthetic_result(h, w), depth_frame(h, w)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="tiny random model (seconds; shares meaningless)")
@@ -85,10 +94,7 @@ def main(argv=None) -> int:
         prompt_set = engine.make_prompt_set(PROMPTS)
         options = SceneOptions(cloud=True, obstacle_prompts=("chair", "person"), cloud_stride=4, clearing_cloud=True)
         rows = []
-        for h, w in [(480, 640), (720, 1280)]:
-            image = np.random.default_rng(1).integers(0, 256, (h, w, 3), dtype=np.uint8)
-            model_ms = median_ms(lambda: engine.segment(image, prompt_set), args.repeats)
-            result, depth = synthetic_result(h, w), depth_frame(h, w)
+        for w, h, image, model_ms, result, depth in measured_frames(engine, prompt_set, args.repeats):
             scene = build_scene(result, depth, options)
             scene_ms = median_ms(lambda: build_scene(result, depth, options), args.repeats)
             objects_ms = median_ms(lambda: build_scene(result, None, options), args.repeats)

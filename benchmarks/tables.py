@@ -140,6 +140,13 @@ def spatial(d: dict) -> str:
                    "share of model", "objects / cloud + obstacle + clearing points"], "lrrrrrr", rows)
 
 
+def consumers(d: dict) -> str:
+    rows = [[r["size"], f"{r['model_ms']:.0f}", f"{r['boxes_ms']:.1f}", f"{r['outputs_ms']:.1f}",
+             f"{100 * r['share_of_model']:.1f}%", r["objects"], r["objects_cloud_points"]] for r in d["rows"]]
+    return _table(["input", "model (ms)", "oriented boxes (ms)", "consumer outputs (ms)", "share of model", "objects",
+                   "objects cloud points"], "lrrrrrr", rows)
+
+
 def soak(d: dict) -> str:
     rows = []
     for w in d["windows"]:
@@ -166,7 +173,7 @@ def headline(d: dict) -> str:
 
 RENDERERS = {f.__name__.replace("_", "-"): f for f in (
     engine, precision_engine, precision_agreement, precision_node, onnx_probe, node_overhead, propagation_accuracy,
-    propagation_node, label_speed, label_memory, spatial, soak, headline)}
+    propagation_node, label_speed, label_memory, spatial, consumers, soak, headline)}
 
 
 def documents() -> list[Path]:

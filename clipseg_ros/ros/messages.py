@@ -13,8 +13,16 @@ import cv2
 import numpy as np
 from clipseg_ros_interfaces.msg import Confidences, PromptConfidence, Segmentation
 from sensor_msgs.msg import Image, PointCloud2, RegionOfInterest
+from std_msgs.msg import Header
 from visualization_msgs.msg import MarkerArray
 
+from clipseg_ros.core.results.consumer_views import (
+    aligned_cloud,
+    confidence_image,
+    instance_image,
+    objects_cloud,
+    target_mask,
+)
 from clipseg_ros.core.results.overlay import render_overlay
 from clipseg_ros.core.results.postprocess import PromptStats, SegmentationResult
 from clipseg_ros.core.results.scene import Scene
@@ -25,8 +33,11 @@ from clipseg_ros.ros.spatial_messages import (
     depth_header,
     marker_array,
     object_msgs,
+    objects_cloud_msg,
+    organised_cloud_msg,
     xyz_cloud_msg,
 )
+from clipseg_ros.ros.vision_messages import UNAVAILABLE, detections_2d, detections_3d
 
 
 @dataclass(frozen=True)
@@ -41,6 +52,17 @@ class OutputOptions:
     positions: bool = True
     marker_lifetime: float = 3.0  # s
     overlay_note: str = ""  # written across the overlay's bottom (the node: untrained weights)
+    # for the consumers (clipseg_ros.core.results.consumer_views, clipseg_ros.ros.vision_messages)
+    detections: bool = False  # ~/detections (+ ~/detections_3d with depth); needs vision_msgs
+    confidence: bool = False  # ~/confidence
+    instances: bool = False  # ~/instances
+    target_prompt: str = ""  # ~/target_mask of this prompt ('' = none)
+    target_all_objects: bool = False  # every object of the target prompt, not only its best
+    objects_cloud: bool = False  # ~/objects_cloud (with depth)
+    objects_cloud_prompts: tuple[str, ...] = ()  # empty: all
+    cloud_stride: int = 4
+    cloud_max_points: int = 50000
+    aligned_cloud: bool = False  # ~/aligned_cloud (with depth)
 
 
 @dataclass
@@ -58,6 +80,14 @@ class OutputMessages:
     obstacle_cloud: PointCloud2 | None = None
     clearing_cloud: PointCloud2 | None = None
     prompts: tuple[str, ...] = ()  # the frame's prompts (which position topics are current)
+    # for the consumers: None when not wanted (or without depth, for the 3D ones)
+    detections: object = None  # vision_msgs/Detection2DArray
+    detections_3d: object = None  # vision_msgs/Detection3DArray
+    confidence: Image | None = None
+    instances: Image | None = None
+    target_mask: Image | None = None
+    objects_cloud: PointCloud2 | None = None
+    aligned_cloud: PointCloud2 | None = None
 
 
 def build_outputs(result: SegmentationResult, image_rgb: np.ndarray, header,
@@ -75,8 +105,11 @@ def build_outputs(result: SegmentationResult, image_rgb: np.ndarray, header,
     confidences = confidences_msg(result, header)
     out = OutputMessages(segmentation=segmentation, confidences=confidences,
                          label=label if options.label else None, overlay=overlay, prompts=tuple(result.prompts))
+    if options.confidence:
+        out.confidence = cv2_to_imgmsg(confidence_image(result), "mono8", header)
     if scene is None:
         return out
+    _consumer_2d(out, result, scene, header, options)
     objects, where = object_msgs(scene), depth_header(scene)
     for msg in (segmentation, confidences):
         msg.objects, msg.depth_header = objects, where
@@ -95,7 +128,35 @@ def build_outputs(result: SegmentationResult, image_rgb: np.ndarray, header,
         out.obstacle_cloud = cloud_msg(scene.obstacle_cloud, where, xyz_only=True)
     if scene.clearing_cloud is not None:
         out.clearing_cloud = xyz_cloud_msg(scene.clearing_cloud, where)
+    if scene.depth is not None:
+        _consumer_3d(out, result, scene, header, where, options)
     return out
+
+
+def _consumer_2d(out: OutputMessages, result: SegmentationResult, scene: Scene, header, options: OutputOptions) -> None:
+    if options.detections and not UNAVAILABLE:
+        out.detections = detections_2d(scene, header)
+    if options.instances:
+        out.instances = cv2_to_imgmsg(instance_image(result, scene), "mono16", header)
+    if options.target_prompt:
+        out.target_mask = cv2_to_imgmsg(target_mask(result, scene, options.target_prompt, options.target_all_objects),
+                                        "mono8", header)
+
+
+def _consumer_3d(out: OutputMessages, result: SegmentationResult, scene: Scene, header, where,
+                 options: OutputOptions) -> None:
+    if options.detections and not UNAVAILABLE:
+        out.detections_3d = detections_3d(scene, where)
+    if options.objects_cloud:
+        cloud = objects_cloud(result, scene, options.objects_cloud_prompts, options.cloud_stride,
+                              options.cloud_max_points)
+        out.objects_cloud = objects_cloud_msg(cloud, where)
+    if options.aligned_cloud:
+        # Nav2's semantic segmentation layer pairs label, confidence and this cloud by exact
+        # stamp: the colour frame's stamp, in the depth image's frame.
+        aligned = Header(stamp=header.stamp, frame_id=where.frame_id)
+        h, w = result.label.shape
+        out.aligned_cloud = organised_cloud_msg(aligned_cloud(result, scene), h, w, aligned)
 
 
 def prompt_confidence(stats: PromptStats) -> PromptConfidence:

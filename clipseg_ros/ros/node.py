@@ -43,7 +43,7 @@ from clipseg_ros.core.prompts.keeper import PromptKeeper
 from clipseg_ros.core.prompts.prompt_book import PromptBook, PromptError, thresholds_from_parameter, tidy_texts
 from clipseg_ros.core.results.geometry import DepthError
 from clipseg_ros.core.results.scene import DepthFrame, build_scene
-from clipseg_ros.ros import diagnostics
+from clipseg_ros.ros import diagnostics, vision_messages
 from clipseg_ros.ros.cameras import CameraSpec, Frame, FrameSlots, FrameWorker, camera_specs
 from clipseg_ros.ros.conversions import ImageConversionError, check_image_layout, check_image_size, read_rgb8
 from clipseg_ros.ros.depth_inputs import DepthInput, stamp_seconds
@@ -132,6 +132,7 @@ class ClipSegNode(LifecycleNode):
                                                on_error=self._on_worker_error, name="clipseg_propagation", nice=10)
         self._load_error = ""
         self._overlay_note = ""  # written on every overlay: set when the model is a generated random one
+        self._warned_targets: set[str] = set()  # target_prompt values said to be inactive
         self.frames_processed = 0
         self.add_on_set_parameters_callback(self._on_set_parameters)
         # rclpy stores a parameter's new value after the on-set callback returns, without a lock;
@@ -170,9 +171,17 @@ class ClipSegNode(LifecycleNode):
         self.engine = engine
         specs = camera_specs(s.image_topics, s.camera_names, resolve=self.resolve_topic_name)
         self.cameras = [Camera(spec, diagnostics.StreamStats(spec.resolved_topic, time.monotonic()),
-                               OutputPublishers(self, spec.prefix, spatial=s.depth_topic_of(spec.index) is not None),
+                               OutputPublishers(self, spec.prefix, spatial=s.depth_topic_of(spec.index) is not None,
+                                                options=s.output_options),
                                CameraTimeline(s.temporal_options, self._track_ids))
                         for spec in specs]
+        if s.publish_detections and vision_messages.UNAVAILABLE:
+            self.get_logger().warning(f"{vision_messages.UNAVAILABLE}; ~/detections, ~/detections_3d and "
+                                      "~/label_info are not published (the other outputs are)")
+        # the class map, latched, before the first frame: a consumer that starts now has it
+        announced = Header(stamp=self.get_clock().now().to_msg())
+        for cam in self.cameras:
+            cam.publishers.publish_label_info(self.prompts.state.names, s.threshold, announced)
         self.prompt_interfaces.start()
         return TransitionCallbackReturn.SUCCESS
 
@@ -471,6 +480,11 @@ class ClipSegNode(LifecycleNode):
         options = settings.output_options
         if self._overlay_note:
             options = replace(options, overlay_note=self._overlay_note)
+        if options.target_prompt and options.target_prompt not in result.prompts \
+                and options.target_prompt not in self._warned_targets:
+            self._warned_targets.add(options.target_prompt)  # once per value: the mask stays empty meanwhile
+            self.get_logger().warning(f"target_prompt '{options.target_prompt}' is not an active prompt "
+                                      f"({list(result.prompts)}): ~/target_mask is empty until it is")
         return build_outputs(result, rgb, frame.message.header, options, scene)
 
     def _propagation_rate(self) -> float:
@@ -566,6 +580,7 @@ class ClipSegNode(LifecycleNode):
             "prompts": "; ".join(prompts),
             "rate (Hz)": f"{s.rate:g}",
             "prompt store": self.prompt_keeper.store_status,
+            "vision_msgs": vision_messages.UNAVAILABLE or "available",
             "frames processed": str(self.frames_processed),
             "out-of-memory retries": str(engine.oom_retries if engine is not None else 0),
         }

@@ -126,6 +126,22 @@ def parameter_specs() -> list[tuple[str, object, ParameterDescriptor]]:
                                  integer_range=[IntegerRange(from_value=1, to_value=64, step=1)])),
         ("cloud_max_points", 50000, desc("most points per cloud (thinned evenly beyond)", I,
                                          integer_range=[IntegerRange(from_value=1, to_value=10_000_000, step=1)])),
+        ("publish_detections", True, desc("~/detections (vision_msgs/Detection2DArray), with depth "
+                                          "~/detections_3d (oriented boxes) and the latched ~/label_info; needs "
+                                          "vision_msgs", B, True)),
+        ("publish_confidence", True, desc("~/confidence: mono8, the probability of each pixel's labelled prompt", B,
+                                          True)),
+        ("publish_instances", False, desc("~/instances: mono16, each object's pixels hold its instance id (the "
+                                          "~/detections id)", B, True)),
+        ("publish_objects_cloud", False, desc("~/objects_cloud: x, y, z, score, label, instance of the objects' "
+                                              "surface points (with depth; stride and cap of the clouds)", B, True)),
+        ("objects_cloud_prompts", None, desc("prompts in ~/objects_cloud; empty = all", SA)),
+        ("publish_aligned_cloud", False, desc("~/aligned_cloud: organised x, y, z, one point per ~/label pixel, "
+                                              "stamped like it (Nav2's semantic segmentation layer; with depth)", B,
+                                              True)),
+        ("target_prompt", "", desc("~/target_mask: mono8, 255 on this prompt's best object, at the colour frame's "
+                                   "size and stamp (FoundationPose); '' = none", S)),
+        ("target_all_objects", False, desc("~/target_mask holds every object of target_prompt, not only its best", B)),
         ("propagate", False, desc("between model frames, carry the last masks to each camera frame with optical "
                                   "flow and publish them (flagged propagated)", B, True)),
         ("propagate_rate", 15.0, desc("Hz: most propagated outputs per camera and second", D,
@@ -209,6 +225,14 @@ class NodeSettings:
     smoothing: float
     tracking: bool
     track_max_missed: int
+    publish_detections: bool
+    publish_confidence: bool
+    publish_instances: bool
+    publish_objects_cloud: bool
+    objects_cloud_prompts: tuple[str, ...]
+    publish_aligned_cloud: bool
+    target_prompt: str
+    target_all_objects: bool
 
     @classmethod
     def from_values(cls, values: Mapping[str, object]) -> "NodeSettings":
@@ -264,7 +288,12 @@ class NodeSettings:
         return OutputOptions(include_masks=self.publish_masks, label=self.publish_label,
                              overlay=self.publish_overlay, overlay_alpha=self.overlay_alpha,
                              markers=self.publish_markers, positions=self.publish_positions,
-                             marker_lifetime=self.marker_lifetime_s)
+                             marker_lifetime=self.marker_lifetime_s, detections=self.publish_detections,
+                             confidence=self.publish_confidence, instances=self.publish_instances,
+                             target_prompt=self.target_prompt.strip(), target_all_objects=self.target_all_objects,
+                             objects_cloud=self.publish_objects_cloud, objects_cloud_prompts=self.objects_cloud_prompts,
+                             cloud_stride=self.cloud_stride, cloud_max_points=self.cloud_max_points,
+                             aligned_cloud=self.publish_aligned_cloud)
 
     @property
     def marker_lifetime_s(self) -> float:

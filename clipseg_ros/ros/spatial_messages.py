@@ -13,11 +13,12 @@ import re
 import numpy as np
 from builtin_interfaces.msg import Duration
 from clipseg_ros_interfaces.msg import Object
-from geometry_msgs.msg import Point, PointStamped, Vector3
+from geometry_msgs.msg import Point, PointStamped, Pose, Quaternion, Vector3
 from sensor_msgs.msg import PointCloud2, PointField, RegionOfInterest
 from std_msgs.msg import ColorRGBA, Header
 from visualization_msgs.msg import Marker, MarkerArray
 
+from clipseg_ros.core.results.consumer_views import ObjectsCloud
 from clipseg_ros.core.results.geometry import MaskedCloud
 from clipseg_ros.core.results.overlay import palette
 from clipseg_ros.core.results.scene import Scene, SceneObject
@@ -36,9 +37,23 @@ def object_msgs(scene: Scene) -> list[Object]:
     return [object_msg(o) for prompt_objects in scene.objects for o in prompt_objects]
 
 
+def box_pose(placed: SceneObject) -> tuple[Pose, Vector3, bool]:
+    """The object's oriented box as (centre pose, size, oriented); NaN centre and size and the
+    identity orientation without a 3D position."""
+    box = placed.location.box
+    if box is None:
+        return (Pose(position=Point(x=math.nan, y=math.nan, z=math.nan), orientation=Quaternion(w=1.0)),
+                Vector3(x=math.nan, y=math.nan, z=math.nan), False)
+    qx, qy, qz, qw = box.quaternion
+    pose = Pose(position=Point(x=float(box.center[0]), y=float(box.center[1]), z=float(box.center[2])),
+                orientation=Quaternion(x=qx, y=qy, z=qz, w=qw))
+    return pose, Vector3(x=float(box.size[0]), y=float(box.size[1]), z=float(box.size[2])), bool(box.oriented)
+
+
 def object_msg(placed: SceneObject) -> Object:
     obj, where = placed.object, placed.location
     x, y, w, h = obj.bbox
+    pose, size, oriented = box_pose(placed)
     return Object(
         prompt=obj.prompt, prompt_index=int(obj.prompt_index),
         bbox=RegionOfInterest(x_offset=int(x), y_offset=int(y), width=int(w), height=int(h), do_rectify=False),
@@ -47,6 +62,7 @@ def object_msg(placed: SceneObject) -> Object:
         position=Point(x=where.position[0], y=where.position[1], z=where.position[2]),
         box_center=Point(x=where.box_center[0], y=where.box_center[1], z=where.box_center[2]),
         extent=Vector3(x=where.extent[0], y=where.extent[1], z=where.extent[2]),
+        box_pose=pose, box_size=size, box_oriented=oriented,
         valid_depth_fraction=float(where.valid_fraction),
         track_id=placed.track.id if placed.track is not None else 0,
         track_age=placed.track.age if placed.track is not None else 0)
@@ -81,6 +97,34 @@ def xyz_cloud_msg(xyz: np.ndarray, header: Header) -> PointCloud2:
     return _cloud(np.ascontiguousarray(xyz, "<f4"), _XYZ_FIELDS, 12, int(xyz.shape[0]), header)
 
 
+# the objects cloud: x, y, z, score float32, label uint16, (pad), instance uint32: 24 bytes a point
+_OBJECTS_FIELDS = _CLOUD_FIELDS + [PointField(name="instance", offset=20, datatype=PointField.UINT32, count=1)]
+_OBJECTS_DTYPE = np.dtype({"names": ["x", "y", "z", "score", "label", "instance"],
+                           "formats": ["<f4", "<f4", "<f4", "<f4", "<u2", "<u4"],
+                           "offsets": [0, 4, 8, 12, 16, 20], "itemsize": 24})
+
+
+def objects_cloud_msg(cloud: ObjectsCloud, header: Header) -> PointCloud2:
+    """An unorganised, dense PointCloud2 of the objects' surface points: x, y, z, score, label
+    (prompt index + 1) and instance (the object's id, as in ~/instances and ~/detections)."""
+    n = len(cloud)
+    data = np.empty(n, _OBJECTS_DTYPE)
+    data["x"], data["y"], data["z"] = cloud.xyz[:, 0], cloud.xyz[:, 1], cloud.xyz[:, 2]
+    data["score"], data["label"], data["instance"] = cloud.score, cloud.label, cloud.instance
+    return _cloud(data, _OBJECTS_FIELDS, _OBJECTS_DTYPE.itemsize, n, header)
+
+
+def organised_cloud_msg(xyz: np.ndarray, height: int, width: int, header: Header) -> PointCloud2:
+    """An organised PointCloud2 (``height`` x ``width``, row-major: pixel (v, u) is point
+    v * width + u) of x, y, z float32, NaN where there is no point (``is_dense`` false)."""
+    data = np.ascontiguousarray(xyz, "<f4")
+    msg = PointCloud2(header=header, height=int(height), width=int(width), fields=_XYZ_FIELDS, is_bigendian=False,
+                      point_step=12, row_step=12 * int(width), is_dense=False)
+    if data.size:
+        msg.data.frombytes(memoryview(data).cast("B"))
+    return msg
+
+
 def _cloud(data: np.ndarray, fields: list, step: int, n: int, header: Header) -> PointCloud2:
     msg = PointCloud2(header=header, height=1, width=n, fields=fields, is_bigendian=False, point_step=step,
                       row_step=step * n, is_dense=True)
@@ -90,14 +134,16 @@ def _cloud(data: np.ndarray, fields: list, step: int, n: int, header: Header) ->
 
 
 def cloud_points(msg: PointCloud2) -> np.ndarray:
-    """The points of a cloud made by :func:`cloud_msg` as a structured array (for tests and tools)."""
-    dtype = _CLOUD_DTYPE if msg.point_step == _CLOUD_DTYPE.itemsize else np.dtype([("x", "<f4"), ("y", "<f4"), ("z", "<f4")])
+    """The points of a cloud made here (:func:`cloud_msg`, :func:`objects_cloud_msg`,
+    :func:`organised_cloud_msg`) as a structured array (for tests and tools)."""
+    dtype = {_CLOUD_DTYPE.itemsize: _CLOUD_DTYPE, _OBJECTS_DTYPE.itemsize: _OBJECTS_DTYPE}.get(
+        msg.point_step, np.dtype([("x", "<f4"), ("y", "<f4"), ("z", "<f4")]))
     return np.frombuffer(bytes(msg.data), dtype)
 
 
 def marker_array(scene: Scene | None, prompts: list[str], header: Header, lifetime_s: float) -> MarkerArray:
-    """A DELETEALL, then per object with a 3D position a box (its box: centre and extent, at
-    least 1 cm) and a label above it, coloured like the overlay, that RViz removes after
+    """A DELETEALL, then per object with a 3D position a box (its oriented box: pose and size,
+    at least 1 cm a side) and a label above it, coloured like the overlay, that RViz removes after
     ``lifetime_s`` unless a newer array replaces them. ``scene`` None: only the DELETEALL (a
     frame without usable depth, or the node stopping)."""
     markers = [Marker(header=header, action=Marker.DELETEALL)]
@@ -112,15 +158,19 @@ def marker_array(scene: Scene | None, prompts: list[str], header: Header, lifeti
             where = placed.location
             if not where.has_position:
                 continue
+            pose, box_size, _ = box_pose(placed)
+            if placed.location.box is None:  # (a position always comes with a box; kept for safety)
+                pose = Pose(position=Point(x=where.box_center[0], y=where.box_center[1], z=where.box_center[2]),
+                            orientation=Quaternion(w=1.0))
+                box_size = Vector3(x=where.extent[0], y=where.extent[1], z=where.extent[2])
             x, y, z = where.box_center
-            size = Vector3(x=max(where.extent[0], 0.01), y=max(where.extent[1], 0.01), z=max(where.extent[2], 0.01))
+            size = Vector3(x=max(box_size.x, 0.01), y=max(box_size.y, 0.01), z=max(box_size.z, 0.01))
             box = Marker(header=header, ns=prompts[k], id=2 * i, type=Marker.CUBE, action=Marker.ADD,
-                         scale=size, color=colour, lifetime=lifetime)
-            box.pose.position, box.pose.orientation.w = Point(x=x, y=y, z=z), 1.0
+                         scale=size, color=colour, lifetime=lifetime, pose=pose)
             text = Marker(header=header, ns=prompts[k], id=2 * i + 1, type=Marker.TEXT_VIEW_FACING,
                           action=Marker.ADD, scale=Vector3(z=0.05), color=ColorRGBA(r=1.0, g=1.0, b=1.0, a=1.0),
                           text=f"{prompts[k]} {placed.object.max_score:.2f}", lifetime=lifetime)
-            text.pose.position, text.pose.orientation.w = Point(x=x, y=y - size.y / 2 - 0.03, z=z), 1.0
+            text.pose.position, text.pose.orientation.w = Point(x=x, y=y - where.extent[1] / 2 - 0.03, z=z), 1.0
             markers += [box, text]
     return MarkerArray(markers=markers)
 

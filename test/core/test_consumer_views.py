@@ -146,3 +146,14 @@ def test_two_touching_cups_are_one_object_and_depth_does_not_split_them_yet():
     assert set(np.unique(instance_image(result, scene))) == {0, 1}
     cloud = objects_cloud(result, scene, stride=1)
     assert len(cloud) == 400 and np.allclose(cloud.xyz[:, 2], 1.0)
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (1, 7), (5, 1), (3, 40), (1, 100), (100, 1)])
+def test_confidence_of_tiny_and_thin_images(shape):
+    # a 1x1 frame reached OpenCV's compare as a scalar and dropped the frame
+    masks = np.zeros((2, *shape), np.uint8)
+    masks[0, ..., 0] = 200
+    masks[1, ..., -1] = 250
+    result = result_of(masks, ["a", "b"], image_size=shape)
+    expected = np.where(result.label == 1, 200, np.where(result.label == 2, 250, 0))
+    assert np.array_equal(confidence_image(result), expected)

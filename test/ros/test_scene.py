@@ -90,7 +90,7 @@ def test_clouds_markers_and_positions_as_messages():
     assert markers[0].action == Marker.DELETEALL
     cubes = [m for m in markers if m.type == Marker.CUBE]
     assert len(cubes) == 3 and cubes[0].pose.position.z == pytest.approx(1.0)
-    assert cubes[0].scale.x == pytest.approx(40 / 200)  # the box's footprint: 40 px at 1 m
+    assert cubes[0].scale.x == pytest.approx(39 / 200)  # the oriented box: pixel centres 39 px apart at 1 m
     assert set(out.positions) == {"box", "floor"} and out.positions["box"].point.z == pytest.approx(1.0)
     assert out.positions["box"].header.frame_id == "camera_depth_optical_frame"
 

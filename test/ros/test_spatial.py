@@ -28,6 +28,14 @@ from clipseg_ros.ros.spatial_messages import cloud_points  # noqa: E402
 NODE = "clipseg_3d"
 SEQUENCE = itertools.count()  # stamps never repeat across tests: the node keeps recent depth images
 H, W, FX, FY = 48, 64, 80.0, 60.0
+
+
+def rotation_of(q) -> np.ndarray:
+    """The rotation matrix (columns: the box's axes) of a geometry_msgs Quaternion."""
+    x, y, z, w = q.x, q.y, q.z, q.w
+    return np.array([[1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
+                     [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
+                     [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)]])
 COLOUR, DEPTH, INFO = "/rgbd/color/image_raw", "/rgbd/aligned_depth_to_color/image_raw", \
     "/rgbd/aligned_depth_to_color/camera_info"
 COLOUR_INFO = "/rgbd/color/camera_info"
@@ -122,7 +130,16 @@ def test_objects_positions_clouds_and_markers(node, client):
     assert obstacle.point_step == 12 and obstacle.width == int((cloud["label"] == 1).sum())  # x, y, z of the cups
     cubes = [m for m in markers[-1].markers if m.type == Marker.CUBE and m.ns == "cup"]
     assert markers[-1].markers[0].action == Marker.DELETEALL and len(cubes) == 1
-    assert (cubes[0].pose.position.z, cubes[0].scale.x) == pytest.approx((2.0, W * 2 / FX))
+    # the marker is the oriented box: the plane's normal towards the camera, its size spanned by the
+    # pixel centres ((W - 1) x 2 m / fx wide), no depth seen (a plane)
+    assert (cubes[0].pose.position.z, cubes[0].scale.x) == pytest.approx((2.0, (W - 1) * 2 / FX))
+    axes = rotation_of(cup.box_pose.orientation)
+    assert cup.box_oriented and np.allclose(axes[:, 2], (0, 0, -1), atol=1e-6)
+    assert abs(axes[0, 0]) == pytest.approx(1.0, abs=1e-6)  # x along the image's width (the longer side)
+    assert (cup.box_size.x, cup.box_size.y, cup.box_size.z) == pytest.approx(((W - 1) * 2 / FX, (H - 1) * 2 / FY, 0),
+                                                                             abs=1e-5)
+    assert (cup.box_pose.position.x, cup.box_pose.position.y, cup.box_pose.position.z) == pytest.approx(
+        (0.0, 0.0, 2.0), abs=1e-5)
 
 
 @pytest.mark.parametrize("publish, reason", [

@@ -22,6 +22,7 @@ def run_script(name: str, *args: str, timeout: float = 400) -> subprocess.Comple
     ("bench_label.py", ["--frames", "6", "--size", "tiny"], ["live_node", "labeller", "precision"]),
     ("bench_precision.py", ["--quick", "--seconds", "3"], ["engine", "agreement", "node", "auto"]),
     ("bench_propagation.py", ["--quick", "--seconds", "3"], ["motion", "cost_640x480_8_prompts", "node", "flicker"]),
+    ("bench_consumers.py", ["--quick", "--repeats", "1"], ["rows", "vision_msgs"]),
 ])
 def test_benchmark_runs_and_writes_its_json(script, args, keys, tmp_path):
     out = tmp_path / "result.json"
@@ -36,5 +37,9 @@ def test_benchmark_runs_and_writes_its_json(script, args, keys, tmp_path):
         cold = [("auto", "empty")] if "(onnxruntime)" in result["auto"] else []  # a first start, then later ones
         assert [(n["dtype"], n["graph_cache"]) for n in result["node"]] == cold + [("auto", "filled"),
                                                                                   ("float32", "filled")]
+    if script == "bench_consumers.py":
+        assert [r["size"] for r in result["rows"]] == ["640x480", "1280x720"]
+        assert all(r["objects_cloud_points"] > 0 and r["aligned_cloud_points"] == int(r["size"].split("x")[0]) *
+                   int(r["size"].split("x")[1]) for r in result["rows"])
     if script == "bench_propagation.py":
         assert len(result["node"]["rows"]) == 6 and result["motion"][0]["iou_after_15"] > 0.9

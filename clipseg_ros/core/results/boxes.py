@@ -32,7 +32,7 @@ import numpy as np
 MIN_ORIENTED_POINTS = 30  # points with a normal; fewer: an axis-aligned box, flagged
 NORMAL_AGREEMENT_DEG = 12.0  # normals within this angle count as one face's
 MAX_NORMAL_STEP = 0.05  # m: a neighbour further than this in depth is across an edge, not on the face
-MAX_NORMAL_POINTS = 4096  # a larger object's normals are sampled for the dominant direction
+MAX_NORMAL_POINTS = 1024  # a larger object's normals are sampled for the dominant direction
 
 
 @dataclass(frozen=True, eq=False)  # __eq__ below: arrays compared by value
@@ -114,7 +114,7 @@ def _dominant(normals: np.ndarray) -> tuple[np.ndarray, int]:
     if len(normals) > MAX_NORMAL_POINTS:
         normals = normals[np.linspace(0, len(normals) - 1, MAX_NORMAL_POINTS).astype(int)]
     cos = math.cos(math.radians(NORMAL_AGREEMENT_DEG))
-    candidates = normals[np.linspace(0, len(normals) - 1, min(64, len(normals))).astype(int)]
+    candidates = normals[np.linspace(0, len(normals) - 1, min(32, len(normals))).astype(int)]
     support = (candidates @ normals.T > cos).sum(axis=1)
     best = candidates[int(np.argmax(support))]
     for _ in range(3):  # refine: the mean of the normals that agree with it
@@ -126,14 +126,27 @@ def _dominant(normals: np.ndarray) -> tuple[np.ndarray, int]:
     return best, int((normals @ best > cos).sum())
 
 
+def row_ends(vs: np.ndarray) -> np.ndarray:
+    """Indices of the first and last point of each run of equal ``vs`` (pixel rows, sorted)."""
+    if vs.size == 0:
+        return np.zeros(0, np.int64)
+    starts = np.flatnonzero(np.diff(vs, prepend=vs[0] - 1))
+    ends = np.append(starts[1:] - 1, vs.size - 1)
+    return np.unique(np.concatenate([starts, ends]))
+
+
 def axis_aligned_box(points: np.ndarray) -> OrientedBox:
     low, high = points.min(axis=0), points.max(axis=0)
     return OrientedBox((low + high) / 2, np.eye(3), high - low, False)
 
 
-def fit_oriented_box(points: np.ndarray, normals: np.ndarray) -> OrientedBox:
+def fit_oriented_box(points: np.ndarray, normals: np.ndarray, outline: np.ndarray | None = None) -> OrientedBox:
     """The oriented box of ``points`` ((N, 3) metres) whose surface ``normals`` ((N, 3), NaN
-    where unknown) are given; see the module doc."""
+    where unknown) are given; see the module doc. ``outline`` (indices into ``points``), if
+    given, are the points the in-plane rectangle is fitted to: for points seen in a depth image,
+    each pixel row's first and last (:func:`row_ends`) hold every vertex of the region's convex
+    hull, and a plane's projection keeps the hull's vertices, so the rectangle is the same for a
+    fraction of the work."""
     points = np.asarray(points, dtype=np.float64)
     known = np.isfinite(normals).all(axis=1)
     if len(points) == 0:
@@ -147,7 +160,8 @@ def fit_oriented_box(points: np.ndarray, normals: np.ndarray) -> OrientedBox:
     a = np.cross(z_axis, helper)
     a /= np.linalg.norm(a)
     b = np.cross(z_axis, a)
-    plane = np.stack([points @ a, points @ b], axis=1)
+    rim = points if outline is None else points[outline]
+    plane = np.stack([rim @ a, rim @ b], axis=1)
     (cx, cy), (w, h), angle = cv2.minAreaRect(plane.astype(np.float32))
     theta = math.radians(angle)
     x_dir = math.cos(theta) * a + math.sin(theta) * b
@@ -157,6 +171,8 @@ def fit_oriented_box(points: np.ndarray, normals: np.ndarray) -> OrientedBox:
     x_dir /= np.linalg.norm(x_dir)
     y_dir = np.cross(z_axis, x_dir)  # right-handed: x, y, z
     rotation = np.stack([x_dir, y_dir, z_axis], axis=1)
-    local = points @ rotation
-    low, high = local.min(axis=0), local.max(axis=0)
+    flat = rim @ rotation[:, :2]
+    depth = points @ z_axis
+    low = np.array([flat[:, 0].min(), flat[:, 1].min(), depth.min()])
+    high = np.array([flat[:, 0].max(), flat[:, 1].max(), depth.max()])
     return OrientedBox(rotation @ ((low + high) / 2), rotation, high - low, True)

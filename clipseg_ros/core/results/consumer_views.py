@@ -20,12 +20,14 @@ No ROS in here. From one frame's :class:`~.postprocess.SegmentationResult` and i
 
 from __future__ import annotations
 
+import functools
+import math
 from dataclasses import dataclass
 from typing import Sequence
 
+import cv2
 import numpy as np
 
-from clipseg_ros.core.results.geometry import strided_grid
 from clipseg_ros.core.results.grids import centre_indices, resample_nearest
 from clipseg_ros.core.results.postprocess import SegmentationResult
 from clipseg_ros.core.results.scene import Scene
@@ -50,38 +52,54 @@ def instance_ids(scene: Scene) -> list[list[int]]:
     return ids
 
 
-def _grid_components(scene: Scene, k: int, grid: tuple[int, int]) -> np.ndarray | None:
-    components = scene.components[k] if k < len(scene.components) else None
-    return None if components is None else resample_nearest(components, grid)
+def _window(obj_grid_bbox, object_grid: tuple[int, int], target: tuple[int, int]) -> tuple[int, int, int, int]:
+    """The (y0, y1, x0, x1) target-grid pixels whose centres fall in a box on the object grid."""
+    x, y, w, h = obj_grid_bbox
+    sy, sx = target[0] / object_grid[0], target[1] / object_grid[1]
+    return (max(0, math.ceil(y * sy - 0.5)), min(target[0], math.ceil((y + h) * sy - 0.5)),
+            max(0, math.ceil(x * sx - 0.5)), min(target[1], math.ceil((x + w) * sx - 0.5)))
+
+
+def _object_pixels(result: SegmentationResult, scene: Scene, k: int, placed) -> tuple[tuple[int, int, int, int],
+                                                                                       np.ndarray]:
+    """(window, (y1-y0, x1-x0) bool): ``placed``'s pixels on the label grid where the label gives
+    prompt ``k``, inside its box only (each label pixel takes the component under its centre)."""
+    components = scene.components[k]
+    grid = result.label.shape
+    y0, y1, x0, x1 = _window(placed.object.grid_bbox, components.shape, grid)
+    rows = centre_indices(grid[0], components.shape[0])[y0:y1]
+    cols = centre_indices(grid[1], components.shape[1])[x0:x1]
+    mine = (components[np.ix_(rows, cols)] == placed.object.component) & (result.label[y0:y1, x0:x1] == k + 1)
+    return (y0, y1, x0, x1), mine
 
 
 def instance_image(result: SegmentationResult, scene: Scene) -> np.ndarray:
     """(h, w) uint16 on the label grid: each object's pixels (where the label gives its prompt)
     hold its instance id; 0 elsewhere."""
-    grid = result.label.shape
-    out = np.zeros(grid, np.uint16)
+    out = np.zeros(result.label.shape, np.uint16)
     for k, (objects, ids) in enumerate(zip(scene.objects, instance_ids(scene))):
-        if not objects:
+        if not objects or k >= len(scene.components) or scene.components[k] is None:
             continue
-        components = _grid_components(scene, k, grid)
-        if components is None:
-            continue
-        lut = np.zeros(int(components.max()) + 1, np.uint16)
         for placed, value in zip(objects, ids):
-            lut[placed.object.component] = value
-        mine = result.label == k + 1
-        out[mine] = lut[components[mine]]
+            (y0, y1, x0, x1), mine = _object_pixels(result, scene, k, placed)
+            out[y0:y1, x0:x1][mine] = value
     return out
 
 
 def confidence_image(result: SegmentationResult) -> np.ndarray:
     """(h, w) uint8: ``masks[label - 1]`` at each pixel, 0 where the label is 0."""
     label = result.label
-    if result.masks.shape[0] == 0:
-        return np.zeros(label.shape, np.uint8)
-    index = np.maximum(label.astype(np.int64) - 1, 0)[None]
-    picked = np.take_along_axis(result.masks, index, axis=0)[0]
-    return np.where(label > 0, picked, 0).astype(np.uint8)
+    n = result.masks.shape[0]
+    picked = np.zeros(label.shape, np.uint8)
+    if label.size < 64:  # OpenCV takes a 1x1 or 1xN array for a scalar: numpy for such tiny images
+        for k in range(n):
+            mine = label == k + 1
+            picked[mine] = result.masks[k][mine]
+        return picked
+    # OpenCV's masked copy per prompt: 0.3 ms at 640x480 with 8 prompts (a numpy gather: 5.7 ms)
+    for k in range(n):
+        cv2.copyTo(np.ascontiguousarray(result.masks[k]), (label == k + 1).view(np.uint8), picked)
+    return picked
 
 
 def target_mask(result: SegmentationResult, scene: Scene, prompt: str, all_objects: bool = False) -> np.ndarray:
@@ -97,9 +115,11 @@ def target_mask(result: SegmentationResult, scene: Scene, prompt: str, all_objec
     if not objects or components is None:
         return np.zeros(size, np.uint8)
     chosen = objects if all_objects else objects[:1]
-    mine = np.isin(components, [o.object.component for o in chosen])
-    label_grid = resample_nearest(mine.astype(np.uint8), result.label.shape).astype(bool) & (result.label == k + 1)
-    return resample_nearest(label_grid.astype(np.uint8) * np.uint8(255), size)
+    label_grid = np.zeros(result.label.shape, np.uint8)
+    for placed in chosen:
+        (y0, y1, x0, x1), mine = _object_pixels(result, scene, k, placed)
+        label_grid[y0:y1, x0:x1][mine] = 255
+    return resample_nearest(label_grid, size)
 
 
 def aligned_cloud(result: SegmentationResult, scene: Scene) -> np.ndarray | None:
@@ -111,9 +131,23 @@ def aligned_cloud(result: SegmentationResult, scene: Scene) -> np.ndarray | None
     lh, lw = result.label.shape
     dh, dw = depth.metres.shape
     rows, cols = centre_indices(lh, dh), centre_indices(lw, dw)
+    zs = depth.metres[np.ix_(rows, cols)]
+    rays = _grid_rays(depth.camera, lh, lw)
+    out = np.empty((lh, lw, 3), np.float32)
+    np.multiply(rays[..., 0], zs, out=out[..., 0])
+    np.multiply(rays[..., 1], zs, out=out[..., 1])
+    out[..., 2] = zs
+    return out.reshape(-1, 3)
+
+
+@functools.lru_cache(maxsize=8)
+def _grid_rays(camera, height: int, width: int) -> np.ndarray:
+    """(height, width, 2) float32: the ray of the depth pixel under each label pixel's centre
+    (one table per camera and grid: the cloud is then two multiplications)."""
+    rows, cols = centre_indices(height, camera.height), centre_indices(width, camera.width)
     us, vs = np.meshgrid(cols, rows)
-    zs = depth.metres[vs, us]
-    return depth.camera.points(us.ravel(), vs.ravel(), zs.ravel()).astype(np.float32)
+    x, y = camera.rays(us, vs)
+    return np.stack([x, y], axis=-1).astype(np.float32)
 
 
 @dataclass(frozen=True, eq=False)
@@ -139,33 +173,36 @@ def objects_cloud(result: SegmentationResult, scene: Scene, prompts: Sequence[st
         return None
     names = list(result.prompts)
     wanted = [names.index(p) for p in (prompts or names) if p in names]
-    rows, cols = strided_grid(depth.metres.shape, stride)
+    step = max(1, int(stride))
     dh, dw = depth.metres.shape
     gh, gw = result.label.shape
-    grid_rows, grid_cols = centre_indices(dh, gh)[rows], centre_indices(dw, gw)[cols]
-    sub_label = result.label[np.ix_(grid_rows, grid_cols)]
-    sub_depth = depth.metres[np.ix_(rows, cols)]
+    label_rows, label_cols = centre_indices(dh, gh), centre_indices(dw, gw)
     ids = instance_ids(scene)
     parts = []
     for k in wanted:
         components = scene.components[k] if k < len(scene.components) else None
         if components is None or not scene.objects[k]:
             continue
-        sub = components[np.ix_(centre_indices(dh, components.shape[0])[rows],
-                                centre_indices(dw, components.shape[1])[cols])]
-        sub = np.where(sub_label == k + 1, sub, 0)
+        comp_rows, comp_cols = centre_indices(dh, components.shape[0]), centre_indices(dw, components.shape[1])
         for placed, value in zip(scene.objects[k], ids[k]):
             surface = placed.location.surface
             if surface is None:
                 continue
-            vs, us = np.nonzero(sub == placed.object.component)
-            zs = sub_depth[vs, us]
+            # the strided depth rows and columns (every step-th from 0, as the other clouds) in its box
+            y0, y1, x0, x1 = _window(placed.object.grid_bbox, components.shape, (dh, dw))
+            rows = np.arange(-(-y0 // step) * step, y1, step)
+            cols = np.arange(-(-x0 // step) * step, x1, step)
+            mine = (components[np.ix_(comp_rows[rows], comp_cols[cols])] == placed.object.component) \
+                & (result.label[np.ix_(label_rows[rows], label_cols[cols])] == k + 1)
+            vs, us = np.nonzero(mine)
+            vs, us = rows[vs], cols[us]
+            zs = depth.metres[vs, us]
             ok = np.isfinite(zs)
             vs, us, zs = vs[ok], us[ok], zs[ok]
-            on = surface.inliers(cols[us], rows[vs], zs)
+            on = surface.inliers(us, vs, zs)
             vs, us, zs = vs[on], us[on], zs[on]
-            score = result.masks[k, grid_rows[vs], grid_cols[us]].astype(np.float32) / np.float32(255)
-            parts.append((depth.camera.points(cols[us], rows[vs], zs), score, k + 1, value))
+            score = result.masks[k, label_rows[vs], label_cols[us]].astype(np.float32) / np.float32(255)
+            parts.append((depth.camera.points(us, vs, zs), score, k + 1, value))
     if not parts:
         return ObjectsCloud(np.zeros((0, 3), np.float32), np.zeros(0, np.float32), np.zeros(0, np.uint16),
                             np.zeros(0, np.uint32))

@@ -8,14 +8,14 @@ z forward), in metres. A depth pixel (u, v) with depth z is the point
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from typing import Sequence
 
 import cv2
 import numpy as np
 
-from clipseg_ros.core.results.boxes import MAX_NORMAL_POINTS, OrientedBox, fit_oriented_box, surface_normals
+from clipseg_ros.core.results.boxes import MAX_NORMAL_POINTS, OrientedBox, fit_oriented_box, row_ends, surface_normals
 from clipseg_ros.core.results.grids import centre_indices, resample_nearest
 
 NAN3 = (math.nan, math.nan, math.nan)
@@ -263,6 +263,7 @@ class Position3D:
     box_center: tuple[float, float, float] = NAN3
     surface: DepthSurface | None = None
     box: OrientedBox | None = None  # the oriented box of the inlier points (clipseg_ros.core.results.boxes)
+    spread: np.ndarray | None = field(default=None, compare=False)  # (3, 3) covariance of the inlier points, m^2
 
     @property
     def has_position(self) -> bool:
@@ -311,9 +312,14 @@ def locate_pixels(depth_m: np.ndarray, vs: np.ndarray, us: np.ndarray, camera: P
     sample = np.linspace(0, vs.size - 1, min(vs.size, MAX_NORMAL_POINTS)).astype(np.int64)
     normals = np.full(points.shape, np.nan)
     normals[sample] = surface_normals(depth_m, camera, vs[sample], us[sample])
-    box = fit_oriented_box(points, normals)
+    sorted_rows = vs.size < 2 or bool((np.diff(vs) >= 0).all())  # np.nonzero's order: row by row
+    box = fit_oriented_box(points, normals, row_ends(vs) if sorted_rows else None)
+    spread = None
+    if len(points) >= 2:
+        centred = points - points.mean(axis=0)
+        spread = (centred.T @ centred).astype(np.float64) / (len(points) - 1)
     return Position3D(position, tuple(float(v) for v in high - low), fraction, int(keep.sum()),
-                      tuple(float(v) for v in (low + high) / 2), surface, box)
+                      tuple(float(v) for v in (low + high) / 2), surface, box, spread)
 
 
 @dataclass(frozen=True, eq=False)
