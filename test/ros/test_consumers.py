@@ -219,3 +219,35 @@ def test_without_vision_msgs_the_node_says_so_once_and_publishes_the_rest(tiny_c
         assert f"/{name}/detections" not in topics and f"/{name}/label_info" not in topics
     finally:
         assert_clean_exit(proc, proc.stop())
+
+
+def test_without_depth_the_2d_detections_go_out_and_the_3d_ones_do_not():
+    from std_msgs.msg import Header
+
+    from clipseg_ros.core.results.postprocess import SegmentationResult, label_from_masks, mask_stats
+    from clipseg_ros.core.results.scene import SceneOptions, build_scene
+    from clipseg_ros.ros.messages import OutputOptions, build_outputs
+
+    masks = np.zeros((1, H, W), np.uint8)
+    masks[0, 5:15, 5:25] = 230
+    label = label_from_masks(masks, 0.5)
+    result = SegmentationResult(prompts=["cup"], masks=masks, label=label, threshold=0.5, image_size=(H, W),
+                                stats=mask_stats(masks, ["cup"], [0.9], (H, W), 0.5))
+    scene = build_scene(result, None, SceneOptions(min_object_area=1))
+    options = OutputOptions(detections=True, confidence=True, instances=True, target_prompt="cup",
+                            objects_cloud=True, aligned_cloud=True)
+    out = build_outputs(result, np.zeros((H, W, 3), np.uint8), Header(frame_id="cam"), options, scene)
+    (det,) = out.detections.detections
+    assert det.id == "1" and (det.bbox.size_x, det.bbox.size_y) == (20, 10)
+    assert out.detections_3d is None and out.objects_cloud is None and out.aligned_cloud is None
+    assert out.instances is not None and out.target_mask is not None and out.confidence is not None
+
+
+def test_an_axis_aligned_box_says_its_orientation_is_unknown():
+    from clipseg_ros.ros.vision_messages import ORIENTED_ANGLE_VARIANCE, UNKNOWN_ANGLE_VARIANCE, pose_covariance
+
+    spread = np.diag([0.01, 0.02, 0.03])
+    unknown = np.array(pose_covariance(spread, oriented=False)).reshape(6, 6)
+    known = np.array(pose_covariance(spread, oriented=True)).reshape(6, 6)
+    assert np.array_equal(unknown[:3, :3], spread) and np.allclose(np.diag(unknown)[3:], UNKNOWN_ANGLE_VARIANCE)
+    assert np.allclose(np.diag(known)[3:], ORIENTED_ANGLE_VARIANCE) and ORIENTED_ANGLE_VARIANCE < 0.01
