@@ -77,15 +77,19 @@ class NodeProcess:
         return status
 
 
-def start_answering_node(client, name: str, params: dict, log_dir: Path, answering=None, **kwargs) -> NodeProcess:
+def start_answering_node(client, name: str, params: dict, log_dir: Path, answering=None, before_start=None,
+                         **kwargs) -> NodeProcess:
     """A NodeProcess that is ready and answers ``client``: ``answering()`` (default: a parameter
     read over the node's service, a round trip) holds within 20 s. Fast DDS now and then never
     completes discovery between a new participant and one already running (clipseg_ros.tools.child_node);
-    the node is then started once more, a new participant."""
+    the node is then started once more, a new participant. ``before_start()``, if given, runs
+    before each start (e.g. to undo what a first, unseen start left on disk)."""
     answering = answering or (lambda: client.get_param(name, "rate", timeout=20.0) is not None)
     for attempt in range(2):
         attempt_dir = Path(log_dir) / f"start{attempt}"
         attempt_dir.mkdir(parents=True, exist_ok=True)
+        if before_start is not None:
+            before_start()
         proc = NodeProcess(name, params, attempt_dir, **kwargs)
         proc.wait_ready()
         try:

@@ -4,6 +4,8 @@ precisions agree with float32 (mask pixel agreement >= 99% on random weights).""
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pytest
 import torch
@@ -228,7 +230,10 @@ def test_the_node_segments_during_its_first_export_and_logs_the_switch(tiny_chec
     proc = start_answering_node(client, name, {"model": str(tiny_checkpoint), "dtype": "int8", "prompts": ["cup"],
                                                "rate": 0.0, "image_topics": ["/int8_cam/image"]},
                                 tmp_path / "logs", env={"CLIPSEG_ROS_CACHE": str(tmp_path / "cache")},
-                                answering=lambda: cam.pub.get_subscription_count() > 0)
+                                answering=lambda: cam.pub.get_subscription_count() > 0,
+                                # a start this client never saw may have exported the graph already:
+                                # each start begins with an empty cache, so each is a first start
+                                before_start=lambda: shutil.rmtree(tmp_path / "cache", ignore_errors=True))
     try:
         assert "exporting that graph" in proc.log()
         cam.publish_until(segs, 1)
