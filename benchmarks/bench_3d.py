@@ -76,12 +76,17 @@ def measured_frames(engine, prompt_set, repeats: int):
         yield w, h, image, model_ms, synthetic_result(h, w), depth_frame(h, w)
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def arguments(doc: str, argv=None) -> argparse.Namespace:
+    """The options of the per-frame cost scripts (this one and bench_consumers.py)."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="tiny random model (seconds; shares meaningless)")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--json", help="write results to this path")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = arguments(__doc__, argv)
 
     from clipseg_ros.core.model.engine import SegmentationEngine
     from clipseg_ros.core.model.random_checkpoint import make_random_checkpoint

@@ -14,7 +14,6 @@ synthetic ones (3 objects per prompt; a plane with a box). Median of ``--repeats
 
 from __future__ import annotations
 
-import argparse
 import sys
 import tempfile
 from pathlib import Path
@@ -23,7 +22,7 @@ from unittest import mock
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_3d import PROMPTS, measured_frames, median_ms  # noqa: E402
+from bench_3d import PROMPTS, arguments, measured_frames, median_ms  # noqa: E402
 from results_file import cpu_name, write_results  # noqa: E402
 from std_msgs.msg import Header  # noqa: E402
 
@@ -38,11 +37,7 @@ CONSUMERS = dict(detections=True, confidence=True, instances=True, target_prompt
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="tiny random model (seconds; shares meaningless)")
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--json", help="write results to this path")
-    args = parser.parse_args(argv)
+    args = arguments(__doc__, argv)
     if vision_messages.UNAVAILABLE:
         print(f"bench_consumers: {vision_messages.UNAVAILABLE}; the detections are not measured", flush=True)
 

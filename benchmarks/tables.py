@@ -143,7 +143,8 @@ def spatial(d: dict) -> str:
 def consumers(d: dict) -> str:
     rows = [[r["size"], f"{r['model_ms']:.0f}", f"{r['boxes_ms']:.1f}", f"{r['outputs_ms']:.1f}",
              f"{100 * r['share_of_model']:.1f}%", r["objects"], r["objects_cloud_points"]] for r in d["rows"]]
-    return _table(["input", "model (ms)", "oriented boxes (ms)", "consumer outputs (ms)", "share of model", "objects",
+    return _table([f"input ({d['cpu']}, {d['threads']} threads)", "model (ms)", "oriented boxes (ms)",
+                   "consumer outputs (ms)", "share of model", "objects",
                    "objects cloud points"], "lrrrrrr", rows)
 
 
