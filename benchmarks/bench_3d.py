@@ -85,18 +85,23 @@ def arguments(doc: str, argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def main(argv=None) -> int:
-    args = arguments(__doc__, argv)
-
+def random_engine(folder: str, quick: bool):
+    """(float32 CPU engine of a random checkpoint written to ``folder``, the PROMPTS' prompt set,
+    the checkpoint's size name): the tiny model with ``quick``, else the rd64-refined architecture."""
     from clipseg_ros.core.model.engine import SegmentationEngine
     from clipseg_ros.core.model.random_checkpoint import make_random_checkpoint
 
+    size = "tiny" if quick else "rd64-refined"
+    print(f"building a random {size} checkpoint ...", flush=True)
+    engine = SegmentationEngine.from_pretrained(str(make_random_checkpoint(folder, size=size)), device="cpu",
+                                                dtype="float32")
+    return engine, engine.make_prompt_set(PROMPTS), size
+
+
+def main(argv=None) -> int:
+    args = arguments(__doc__, argv)
     with tempfile.TemporaryDirectory(prefix="clipseg_bench3d_") as tmp:
-        size = "tiny" if args.quick else "rd64-refined"
-        print(f"building a random {size} checkpoint ...", flush=True)
-        engine = SegmentationEngine.from_pretrained(str(make_random_checkpoint(tmp, size=size)), device="cpu",
-                                                    dtype="float32")
-        prompt_set = engine.make_prompt_set(PROMPTS)
+        engine, prompt_set, size = random_engine(tmp, args.quick)
         options = SceneOptions(cloud=True, obstacle_prompts=("chair", "person"), cloud_stride=4, clearing_cloud=True)
         rows = []
         for w, h, image, model_ms, result, depth in measured_frames(engine, prompt_set, args.repeats):

@@ -22,7 +22,7 @@ from unittest import mock
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_3d import PROMPTS, arguments, measured_frames, median_ms  # noqa: E402
+from bench_3d import PROMPTS, arguments, measured_frames, median_ms, random_engine  # noqa: E402
 from results_file import cpu_name, write_results  # noqa: E402
 from std_msgs.msg import Header  # noqa: E402
 
@@ -41,17 +41,10 @@ def main(argv=None) -> int:
     if vision_messages.UNAVAILABLE:
         print(f"bench_consumers: {vision_messages.UNAVAILABLE}; the detections are not measured", flush=True)
 
-    from clipseg_ros.core.model.engine import SegmentationEngine
-    from clipseg_ros.core.model.random_checkpoint import make_random_checkpoint
-
     base = OutputOptions(include_masks=True, label=True, overlay=False)
     full = OutputOptions(include_masks=True, label=True, overlay=False, **CONSUMERS)
     with tempfile.TemporaryDirectory(prefix="clipseg_benchcons_") as tmp:
-        size = "tiny" if args.quick else "rd64-refined"
-        print(f"building a random {size} checkpoint ...", flush=True)
-        engine = SegmentationEngine.from_pretrained(str(make_random_checkpoint(tmp, size=size)), device="cpu",
-                                                    dtype="float32")
-        prompt_set = engine.make_prompt_set(PROMPTS)
+        engine, prompt_set, size = random_engine(tmp, args.quick)
         options = SceneOptions(cloud_stride=4)
         rows = []
         for w, h, image, model_ms, result, depth in measured_frames(engine, prompt_set, args.repeats):

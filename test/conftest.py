@@ -72,3 +72,12 @@ def png_claiming(width: int, height: int) -> bytes:
 
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b"")
+
+
+def quaternion_matrix(q) -> np.ndarray:
+    """The rotation matrix (columns: the rotated frame's axes) of a unit quaternion: (x, y, z, w)
+    or a geometry_msgs Quaternion."""
+    x, y, z, w = (q.x, q.y, q.z, q.w) if hasattr(q, "w") else q
+    return np.array([[1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
+                     [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
+                     [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)]])

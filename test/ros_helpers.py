@@ -227,3 +227,54 @@ class CameraPublisher:
 def make_image(h: int, w: int, seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
     return rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+class RgbdCamera:
+    """Publishes depth (and both CameraInfos) then colour with the same stamp, like a RealSense:
+    ``topics`` = (colour, depth, depth info, colour info); stamps ``stamp_base`` + the next of
+    ``sequence`` (shared by a module, so stamps never repeat: the node keeps recent depth images)."""
+
+    def __init__(self, client, topics: tuple[str, str, str, str], size: tuple[int, int], focal: tuple[float, float],
+                 depth_frame: str, sequence, stamp_base: int, default_depth_mm: np.ndarray | None = None):
+        from sensor_msgs.msg import CameraInfo, Image
+
+        colour, depth, info, colour_info = topics
+        self.colour = client.node.create_publisher(Image, colour, 10)
+        self.depth = client.node.create_publisher(Image, depth, 10)
+        self.info = client.node.create_publisher(CameraInfo, info, 10)
+        self.colour_info = client.node.create_publisher(CameraInfo, colour_info, 10)
+        self.size, self.focal, self.depth_frame = size, focal, depth_frame
+        self.sequence, self.stamp_base = sequence, stamp_base
+        self.default_depth_mm = default_depth_mm  # None: 2 m everywhere
+
+    def publish(self, depth_mm=None, encoding="16UC1", info=True, depth_offset_s=0.0, fx=None) -> int:
+        """One frame: depth ``depth_mm`` (default: the camera's default depth; False = none) offset by
+        ``depth_offset_s``, its CameraInfo (``fx`` overrides its focal length) unless ``info``
+        is false, then the colour image. Returns the stamp's seconds."""
+        from sensor_msgs.msg import CameraInfo
+
+        from clipseg_ros.ros.conversions import cv2_to_imgmsg
+
+        (h, w), (FX, FY) = self.size, self.focal
+        seq = next(self.sequence)
+        stamp_sec = self.stamp_base + seq
+        if depth_mm is not False:
+            if depth_mm is None:
+                depth_mm = self.default_depth_mm
+            depth = np.full((h, w), 2000, np.uint16) if depth_mm is None else depth_mm
+            msg = cv2_to_imgmsg(depth, encoding)
+            msg.header.frame_id = self.depth_frame
+            offset_ns = int(round(depth_offset_s * 1e9))
+            msg.header.stamp.sec, msg.header.stamp.nanosec = stamp_sec + offset_ns // 10**9, offset_ns % 10**9
+            self.depth.publish(msg)
+        if info:
+            cam = CameraInfo(width=w, height=h, k=[FX if fx is None else fx, 0.0, (w - 1) / 2, 0.0, FY, (h - 1) / 2, 0.0, 0.0, 1.0])
+            cam.header.frame_id = self.depth_frame
+            self.info.publish(cam)
+            colour_k = [FX, 0.0, (w - 1) / 2, 0.0, FY, (h - 1) / 2, 0.0, 0.0, 1.0]
+            self.colour_info.publish(CameraInfo(width=w, height=h, k=colour_k))
+        colour = cv2_to_imgmsg(make_image(h, w, seq), "rgb8")
+        colour.header.frame_id = f"seq:{seq}"
+        colour.header.stamp.sec, colour.header.stamp.nanosec = stamp_sec, 0
+        self.colour.publish(colour)
+        return stamp_sec

@@ -5,6 +5,7 @@ import math
 
 import numpy as np
 import pytest
+from conftest import quaternion_matrix
 
 from clipseg_ros.core.results.boxes import (
     MIN_ORIENTED_POINTS,
@@ -124,10 +125,6 @@ def test_normals_point_at_the_camera_and_edges_have_none():
 @pytest.mark.parametrize("angles", [(0, 0, 0), (90, 0, 0), (0, 180, 0), (30, -40, 20), (170, 5, -120)])
 def test_quaternions_of_known_rotations(angles):
     rot = rotation(*angles)
-    x, y, z, w = rotation_to_quaternion(rot)
+    quaternion = rotation_to_quaternion(rot)
     # back to a matrix: the same rotation
-    back = np.array([
-        [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
-        [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
-        [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)]])
-    assert np.allclose(back, rot, atol=1e-9) and w >= 0
+    assert np.allclose(quaternion_matrix(quaternion), rot, atol=1e-9) and quaternion[3] >= 0

@@ -14,9 +14,10 @@ vision_msgs = pytest.importorskip(
     "(the node then runs without ~/detections, ~/detections_3d and ~/label_info)")
 
 from clipseg_ros_interfaces.msg import Segmentation  # noqa: E402
+from conftest import quaternion_matrix  # noqa: E402
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy  # noqa: E402
-from ros_helpers import assert_clean_exit, make_image, start_answering_node, wait_for  # noqa: E402
-from sensor_msgs.msg import CameraInfo, Image, PointCloud2  # noqa: E402
+from ros_helpers import RgbdCamera, assert_clean_exit, make_image, start_answering_node, wait_for  # noqa: E402
+from sensor_msgs.msg import Image, PointCloud2  # noqa: E402
 from std_msgs.msg import String  # noqa: E402
 from vision_msgs.msg import Detection2DArray, Detection3DArray, LabelInfo  # noqa: E402
 
@@ -52,36 +53,14 @@ def node(tiny_checkpoint, tmp_path_factory, client):
     assert_clean_exit(proc, proc.stop())
 
 
-class Camera:
-    def __init__(self, client):
-        self.colour = client.node.create_publisher(Image, COLOUR, 10)
-        self.depth = client.node.create_publisher(Image, DEPTH, 10)
-        self.info = client.node.create_publisher(CameraInfo, INFO, 10)
-        self.colour_info = client.node.create_publisher(CameraInfo, COLOUR_INFO, 10)
-
-    def publish(self):
-        seq = next(SEQUENCE)
-        depth = cv2_to_imgmsg(plane_depth_mm(), "16UC1")
-        depth.header.frame_id = "cons_depth_optical_frame"
-        depth.header.stamp.sec = 3000 + seq
-        self.depth.publish(depth)
-        k = [FX, 0.0, CX, 0.0, FY, CY, 0.0, 0.0, 1.0]
-        self.info.publish(CameraInfo(width=W, height=H, k=k))
-        self.colour_info.publish(CameraInfo(width=W, height=H, k=k))
-        colour = cv2_to_imgmsg(make_image(H, W, seq), "rgb8")
-        colour.header.stamp.sec = 3000 + seq
-        self.colour.publish(colour)
+def Camera(client) -> RgbdCamera:
+    """The tilted plane's depth with every frame."""
+    return RgbdCamera(client, (COLOUR, DEPTH, INFO, COLOUR_INFO), (H, W), (FX, FY), "cons_depth_optical_frame",
+                      SEQUENCE, 3000, default_depth_mm=plane_depth_mm())
 
 
 def by_stamp(messages, stamp):
     return next((m for m in messages if m.header.stamp == stamp), None)
-
-
-def rotation_of(q) -> np.ndarray:
-    x, y, z, w = q.x, q.y, q.z, q.w
-    return np.array([[1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
-                     [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
-                     [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)]])
 
 
 def test_every_consumer_topic_holds_the_known_scene(node, client):
@@ -124,7 +103,7 @@ def test_every_consumer_topic_holds_the_known_scene(node, client):
     # the plane z = Z0 + SLOPE X: normal (SLOPE, 0, -1) / |.| towards the camera
     (det3,) = [d for d in got["detections_3d"].detections if d.results[0].hypothesis.class_id == "cup"]
     assert det3.id == ident and det3.header.frame_id == "cons_depth_optical_frame"
-    axes = rotation_of(det3.bbox.center.orientation)
+    axes = quaternion_matrix(det3.bbox.center.orientation)
     normal = np.array([SLOPE, 0.0, -1.0]) / math.hypot(SLOPE, 1.0)
     assert math.degrees(math.acos(min(1.0, float(axes[:, 2] @ normal)))) < 2.0
     assert det3.bbox.size.z < 0.01  # a plane: no depth behind its face

@@ -17,8 +17,9 @@ import pytest
 rclpy = pytest.importorskip("rclpy")
 
 from clipseg_ros_interfaces.msg import Segmentation  # noqa: E402
+from conftest import quaternion_matrix  # noqa: E402
 from geometry_msgs.msg import PointStamped  # noqa: E402
-from ros_helpers import assert_clean_exit, make_image, start_answering_node, wait_for  # noqa: E402
+from ros_helpers import RgbdCamera, assert_clean_exit, start_answering_node, wait_for  # noqa: E402
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2  # noqa: E402
 from visualization_msgs.msg import Marker, MarkerArray  # noqa: E402
 
@@ -28,14 +29,6 @@ from clipseg_ros.ros.spatial_messages import cloud_points  # noqa: E402
 NODE = "clipseg_3d"
 SEQUENCE = itertools.count()  # stamps never repeat across tests: the node keeps recent depth images
 H, W, FX, FY = 48, 64, 80.0, 60.0
-
-
-def rotation_of(q) -> np.ndarray:
-    """The rotation matrix (columns: the box's axes) of a geometry_msgs Quaternion."""
-    x, y, z, w = q.x, q.y, q.z, q.w
-    return np.array([[1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
-                     [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
-                     [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)]])
 COLOUR, DEPTH, INFO = "/rgbd/color/image_raw", "/rgbd/aligned_depth_to_color/image_raw", \
     "/rgbd/aligned_depth_to_color/camera_info"
 COLOUR_INFO = "/rgbd/color/camera_info"
@@ -53,36 +46,9 @@ def node(tiny_checkpoint, tmp_path_factory, client):
     assert_clean_exit(proc, proc.stop())
 
 
-class RgbdCamera:
-    """Publishes depth (and CameraInfo) then colour with the same stamp, like a RealSense."""
-
-    def __init__(self, client):
-        self.colour = client.node.create_publisher(Image, COLOUR, 10)
-        self.depth = client.node.create_publisher(Image, DEPTH, 10)
-        self.info = client.node.create_publisher(CameraInfo, INFO, 10)
-        self.colour_info = client.node.create_publisher(CameraInfo, COLOUR_INFO, 10)
-
-    def publish(self, depth_mm=None, encoding="16UC1", info=True, depth_offset_s=0.0, fx=FX):
-        seq = next(SEQUENCE)
-        stamp_sec, stamp_ns = 2000 + seq, 0
-        if depth_mm is not False:
-            depth = np.full((H, W), 2000, np.uint16) if depth_mm is None else depth_mm
-            msg = cv2_to_imgmsg(depth, encoding)
-            msg.header.frame_id = "rgbd_depth_optical_frame"
-            offset_ns = int(round(depth_offset_s * 1e9))
-            msg.header.stamp.sec, msg.header.stamp.nanosec = stamp_sec + offset_ns // 10**9, offset_ns % 10**9
-            self.depth.publish(msg)
-        if info:
-            cam = CameraInfo(width=W, height=H, k=[fx, 0.0, (W - 1) / 2, 0.0, FY, (H - 1) / 2, 0.0, 0.0, 1.0])
-            cam.header.frame_id = "rgbd_depth_optical_frame"
-            self.info.publish(cam)
-            colour_k = [FX, 0.0, (W - 1) / 2, 0.0, FY, (H - 1) / 2, 0.0, 0.0, 1.0]
-            self.colour_info.publish(CameraInfo(width=W, height=H, k=colour_k))
-        colour = cv2_to_imgmsg(make_image(H, W, seq), "rgb8")
-        colour.header.frame_id = f"seq:{seq}"
-        colour.header.stamp.sec, colour.header.stamp.nanosec = stamp_sec, stamp_ns
-        self.colour.publish(colour)
-        return stamp_sec
+def rgbd_camera(client) -> RgbdCamera:
+    return RgbdCamera(client, (COLOUR, DEPTH, INFO, COLOUR_INFO), (H, W), (FX, FY), "rgbd_depth_optical_frame",
+                      SEQUENCE, 2000)
 
 
 def until(client, camera, received, count=1, **publish):
@@ -96,7 +62,7 @@ def until(client, camera, received, count=1, **publish):
 
 
 def test_objects_positions_clouds_and_markers(node, client):
-    camera = RgbdCamera(client)
+    camera = rgbd_camera(client)
     segs = client.collect(Segmentation, f"/{NODE}/segmentation")
     markers = client.collect(MarkerArray, f"/{NODE}/markers")
     points = client.collect(PointStamped, f"/{NODE}/position/cup")
@@ -133,7 +99,7 @@ def test_objects_positions_clouds_and_markers(node, client):
     # the marker is the oriented box: the plane's normal towards the camera, its size spanned by the
     # pixel centres ((W - 1) x 2 m / fx wide), no depth seen (a plane)
     assert (cubes[0].pose.position.z, cubes[0].scale.x) == pytest.approx((2.0, (W - 1) * 2 / FX))
-    axes = rotation_of(cup.box_pose.orientation)
+    axes = quaternion_matrix(cup.box_pose.orientation)
     assert cup.box_oriented and np.allclose(axes[:, 2], (0, 0, -1), atol=1e-6)
     assert abs(axes[0, 0]) == pytest.approx(1.0, abs=1e-6)  # x along the image's width (the longer side)
     assert (cup.box_size.x, cup.box_size.y, cup.box_size.z) == pytest.approx(((W - 1) * 2 / FX, (H - 1) * 2 / FY, 0),
@@ -149,7 +115,7 @@ def test_objects_positions_clouds_and_markers(node, client):
     (dict(depth_mm=np.full((H, W // 2), 2000, np.uint16)), "is for 64x48 but the depth image is 32x48"),
 ])
 def test_bad_depth_gives_a_warning_and_2d_outputs_still_go_out(node, client, publish, reason):
-    camera = RgbdCamera(client)
+    camera = rgbd_camera(client)
     segs = client.collect(Segmentation, f"/{NODE}/segmentation")
     camera.publish()  # a good pair first (CameraInfo known from here on)
     out = until(client, camera, segs, count=2, **publish)[-1]
@@ -161,7 +127,7 @@ def test_bad_depth_gives_a_warning_and_2d_outputs_still_go_out(node, client, pub
 
 
 def test_zero_focal_length_in_camera_info_is_refused(node, client):
-    camera = RgbdCamera(client)
+    camera = rgbd_camera(client)
     segs = client.collect(Segmentation, f"/{NODE}/segmentation")
     until(client, camera, segs, count=2, fx=0.0)
     wait_for(lambda: "focal lengths fx=0" in node.log(), 10, what="the focal length warning")
@@ -207,7 +173,7 @@ def test_a_depth_edge_through_the_object_keeps_the_frame_and_its_cloud_keeps_one
     """Issue 18, points 1 and 5, black-box: 'cup' is the whole image (threshold 0); its left half
     is at 1.000 m and its right half at 2.500 m. The median fell in the gap and the frame was
     dropped whole; every labelled pixel went into the clouds."""
-    camera = RgbdCamera(client)
+    camera = rgbd_camera(client)
     segs = client.collect(Segmentation, f"/{NODE}/segmentation")
     clouds = client.collect(PointCloud2, f"/{NODE}/obstacle_cloud")
     depth = np.full((H, W), 2500, np.uint16)
@@ -232,7 +198,7 @@ def test_a_depth_edge_through_the_object_keeps_the_frame_and_its_cloud_keeps_one
 def test_lost_objects_and_frames_without_depth_leave_nothing_stale(node, client):
     """Issue 18, point 8: markers have a lifetime, a frame without usable depth clears them, and
     a prompt without a 3D object gets a NaN position instead of keeping the last one."""
-    camera = RgbdCamera(client)
+    camera = rgbd_camera(client)
     markers = client.collect(MarkerArray, f"/{NODE}/markers")
     cups = client.collect(PointStamped, f"/{NODE}/position/cup")
     until(client, camera, cups, count=1)
@@ -257,7 +223,7 @@ def test_every_prompt_has_its_own_position_topic_and_gone_prompts_lose_theirs(no
     prompts = ["cup", "Cup", "door handle", "door-handle", "杯子", "🍵", "café", "caf"]
     slugs = [topic_slug(p) for p in prompts]
     assert len(set(slugs)) == len(prompts)
-    camera = RgbdCamera(client)
+    camera = rgbd_camera(client)
     segs = client.collect(Segmentation, f"/{NODE}/segmentation")
     try:
         assert all(r.successful for r in client.set_params(NODE, prompts=prompts))

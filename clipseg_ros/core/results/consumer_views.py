@@ -21,14 +21,13 @@ No ROS in here. From one frame's :class:`~.postprocess.SegmentationResult` and i
 from __future__ import annotations
 
 import functools
-import math
 from dataclasses import dataclass
 from typing import Sequence
 
 import cv2
 import numpy as np
 
-from clipseg_ros.core.results.grids import centre_indices, resample_nearest
+from clipseg_ros.core.results.grids import centre_indices, covering_window, resample_nearest
 from clipseg_ros.core.results.postprocess import SegmentationResult
 from clipseg_ros.core.results.scene import Scene
 
@@ -52,21 +51,13 @@ def instance_ids(scene: Scene) -> list[list[int]]:
     return ids
 
 
-def _window(obj_grid_bbox, object_grid: tuple[int, int], target: tuple[int, int]) -> tuple[int, int, int, int]:
-    """The (y0, y1, x0, x1) target-grid pixels whose centres fall in a box on the object grid."""
-    x, y, w, h = obj_grid_bbox
-    sy, sx = target[0] / object_grid[0], target[1] / object_grid[1]
-    return (max(0, math.ceil(y * sy - 0.5)), min(target[0], math.ceil((y + h) * sy - 0.5)),
-            max(0, math.ceil(x * sx - 0.5)), min(target[1], math.ceil((x + w) * sx - 0.5)))
-
-
 def _object_pixels(result: SegmentationResult, scene: Scene, k: int, placed) -> tuple[tuple[int, int, int, int],
                                                                                        np.ndarray]:
     """(window, (y1-y0, x1-x0) bool): ``placed``'s pixels on the label grid where the label gives
     prompt ``k``, inside its box only (each label pixel takes the component under its centre)."""
     components = scene.components[k]
     grid = result.label.shape
-    y0, y1, x0, x1 = _window(placed.object.grid_bbox, components.shape, grid)
+    y0, y1, x0, x1 = covering_window(placed.object.grid_bbox, components.shape, grid)
     rows = centre_indices(grid[0], components.shape[0])[y0:y1]
     cols = centre_indices(grid[1], components.shape[1])[x0:x1]
     mine = (components[np.ix_(rows, cols)] == placed.object.component) & (result.label[y0:y1, x0:x1] == k + 1)
@@ -189,7 +180,7 @@ def objects_cloud(result: SegmentationResult, scene: Scene, prompts: Sequence[st
             if surface is None:
                 continue
             # the strided depth rows and columns (every step-th from 0, as the other clouds) in its box
-            y0, y1, x0, x1 = _window(placed.object.grid_bbox, components.shape, (dh, dw))
+            y0, y1, x0, x1 = covering_window(placed.object.grid_bbox, components.shape, (dh, dw))
             rows = np.arange(-(-y0 // step) * step, y1, step)
             cols = np.arange(-(-x0 // step) * step, x1, step)
             mine = (components[np.ix_(comp_rows[rows], comp_cols[cols])] == placed.object.component) \

@@ -7,6 +7,8 @@ clouds, the labeller), so no stage is half a pixel off another.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 
@@ -27,3 +29,13 @@ def centre_indices(count: int, source: int) -> np.ndarray:
     """For ``count`` output positions over a ``source``-long axis: the source index under each
     output pixel's centre (the rule of :func:`resample_nearest`)."""
     return np.minimum(((np.arange(count) + 0.5) * source / count).astype(np.int64), source - 1)
+
+
+def covering_window(box: tuple[int, int, int, int], source: tuple[int, int],
+                    target: tuple[int, int]) -> tuple[int, int, int, int]:
+    """(y0, y1, x0, x1): the ``target``-grid pixels whose centres fall in ``box`` (x, y, width,
+    height) on the ``source`` grid, i.e. those :func:`resample_nearest` fills from the box."""
+    x, y, w, h = box
+    sy, sx = target[0] / source[0], target[1] / source[1]
+    return (max(0, math.ceil(y * sy - 0.5)), min(target[0], math.ceil((y + h) * sy - 0.5)),
+            max(0, math.ceil(x * sx - 0.5)), min(target[1], math.ceil((x + w) * sx - 0.5)))

@@ -23,7 +23,7 @@ from clipseg_ros.core.results.geometry import (
     masked_cloud,
     strided_grid,
 )
-from clipseg_ros.core.results.grids import centre_indices
+from clipseg_ros.core.results.grids import centre_indices, covering_window
 from clipseg_ros.core.results.objects import DetectedObject, find_objects
 from clipseg_ros.core.results.postprocess import SegmentationResult
 
@@ -124,11 +124,7 @@ def _locate(depth: DepthFrame, grid_components: np.ndarray, obj: DetectedObject,
     pixel takes the component under its centre, as :func:`grids.resample_nearest`)."""
     dh, dw = depth.metres.shape
     grid = grid_components.shape
-    x, y, w, h = obj.grid_bbox
-    sx, sy = dw / grid[1], dh / grid[0]
-    # depth pixels whose centre falls in grid pixels x .. x + w - 1 (the rule of resample_nearest)
-    x0, y0 = max(0, math.ceil(x * sx - 0.5)), max(0, math.ceil(y * sy - 0.5))
-    x1, y1 = min(dw, math.ceil((x + w) * sx - 0.5)), min(dh, math.ceil((y + h) * sy - 0.5))
+    y0, y1, x0, x1 = covering_window(obj.grid_bbox, grid, (dh, dw))
     # A large object is sampled on a regular grid of at most LOCATE_MAX_PIXELS pixels, each sample
     # standing for the step x step pixels it starts: the median hardly moves, the box is the same.
     step = max(1, math.ceil(math.sqrt(max(0, y1 - y0) * max(0, x1 - x0) / LOCATE_MAX_PIXELS)))
