@@ -52,13 +52,19 @@ def rgbd_camera(client) -> RgbdCamera:
 
 
 def until(client, camera, received, count=1, **publish):
-    start = len(received)
+    """Publishes frames (``publish`` as for :meth:`RgbdCamera.publish`) until ``count`` outputs of
+    those frames arrived; returns them. Outputs of frames published before (an earlier test's frames
+    still queued in the node) are not counted: they carry their own frames' stamps."""
+    stamps: set[int] = set()
+
+    def ours():
+        return [out for out in list(received) if out.header.stamp.sec in stamps]
 
     def step():
-        camera.publish(**publish)
-        return len(received) >= start + count
+        stamps.add(camera.publish(**publish))
+        return len(ours()) >= count
     wait_for(step, 30, 0.05, "outputs")
-    return received[start:]
+    return ours()
 
 
 def test_objects_positions_clouds_and_markers(node, client):
