@@ -21,7 +21,7 @@ setup(
     ],
     # torch and transformers are installed with pip on the robot (its CUDA build of torch);
     # the ROS dependencies come from rosdep (package.xml).
-    install_requires=["setuptools", "numpy", "pillow", "opencv-python-headless", "transformers>=4.46",
+    install_requires=["setuptools", "numpy", "pillow", "opencv-contrib-python-headless", "transformers>=4.46",
                       "safetensors"],
     # the labeller: rosbag2 in/out, COCO RLE, progress bar;
     # int8 on CPUs with VNNI (dtype auto/int8): onnxruntime runs the vision encoder's int8 graph,

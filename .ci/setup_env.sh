@@ -40,6 +40,15 @@ fi
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 echo "setup_env: installing Python dependencies (torch CPU, transformers, ROS 2 wheels)"
 "$PY" -m pip install -q -r .ci/requirements-dev.txt
+# Exactly one OpenCV: a venv made before the switch to the contrib wheel still has the plain one,
+# and both install the same cv2 package (the last one written wins, file by file).
+for other in opencv-python-headless opencv-python opencv-contrib-python; do
+  if "$PY" -m pip show -q "$other" >/dev/null 2>&1; then
+    echo "setup_env: removing $other (opencv-contrib-python-headless is this venv's OpenCV)"
+    "$PY" -m pip uninstall -q -y "$other"
+    "$PY" -m pip install -q --force-reinstall --no-deps "$(grep -E '^opencv-contrib-python-headless' .ci/requirements-dev.txt)"
+  fi
+done
 
 # The ROS wheels' CMake files name the wheel build machine's Python and numpy include dirs;
 # point them at this venv's, or the interface build cannot find Python.h.

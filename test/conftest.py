@@ -28,6 +28,21 @@ def tiny_checkpoint(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def known_answer_checkpoint(tmp_path_factory):
+    """The hand-set CLIPSeg whose every prompt's mask is the red 16 px patches of the input."""
+    from clipseg_ros.core.model.known_answer_checkpoint import make_known_answer_checkpoint
+
+    return make_known_answer_checkpoint(tmp_path_factory.mktemp("known_answer_clipseg"))
+
+
+@pytest.fixture(scope="session")
+def known_answer_engine(known_answer_checkpoint):
+    from clipseg_ros.core.model.engine import SegmentationEngine
+
+    return SegmentationEngine.from_pretrained(str(known_answer_checkpoint), device="cpu", dtype="float32")
+
+
+@pytest.fixture(scope="session")
 def tiny_engine(tiny_checkpoint):
     from clipseg_ros.core.model.engine import SegmentationEngine
 

@@ -247,10 +247,11 @@ class RgbdCamera:
         self.sequence, self.stamp_base = sequence, stamp_base
         self.default_depth_mm = default_depth_mm  # None: 2 m everywhere
 
-    def publish(self, depth_mm=None, encoding="16UC1", info=True, depth_offset_s=0.0, fx=None) -> int:
+    def publish(self, depth_mm=None, encoding="16UC1", info=True, depth_offset_s=0.0, fx=None,
+                colour_rgb=None) -> int:
         """One frame: depth ``depth_mm`` (default: the camera's default depth; False = none) offset by
         ``depth_offset_s``, its CameraInfo (``fx`` overrides its focal length) unless ``info``
-        is false, then the colour image. Returns the stamp's seconds."""
+        is false, then the colour image (``colour_rgb``, default a random one). Returns the stamp's seconds."""
         from sensor_msgs.msg import CameraInfo
 
         from clipseg_ros.ros.conversions import cv2_to_imgmsg
@@ -273,7 +274,7 @@ class RgbdCamera:
             self.info.publish(cam)
             colour_k = [FX, 0.0, (w - 1) / 2, 0.0, FY, (h - 1) / 2, 0.0, 0.0, 1.0]
             self.colour_info.publish(CameraInfo(width=w, height=h, k=colour_k))
-        colour = cv2_to_imgmsg(make_image(h, w, seq), "rgb8")
+        colour = cv2_to_imgmsg(make_image(h, w, seq) if colour_rgb is None else colour_rgb, "rgb8")
         colour.header.frame_id = f"seq:{seq}"
         colour.header.stamp.sec, colour.header.stamp.nanosec = stamp_sec, 0
         self.colour.publish(colour)

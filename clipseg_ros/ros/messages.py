@@ -181,6 +181,7 @@ def segmentation_msg(result: SegmentationResult, header, *, include_masks: bool 
     msg.label = label if label is not None else label_msg(result, header)
     msg.threshold = float(result.threshold)
     msg.inference_ms = float(result.timings_ms.get("total", 0.0))
+    msg.refinement = result.refinement
     return msg
 
 

@@ -42,6 +42,7 @@ from clipseg_ros.core.motion.temporal import CameraTimeline, propagation_rate
 from clipseg_ros.core.prompts.keeper import PromptKeeper
 from clipseg_ros.core.prompts.prompt_book import PromptBook, PromptError, thresholds_from_parameter, tidy_texts
 from clipseg_ros.core.results.geometry import DepthError
+from clipseg_ros.core.results.refinement import refine_result
 from clipseg_ros.core.results.scene import DepthFrame, build_scene
 from clipseg_ros.ros import diagnostics, vision_messages
 from clipseg_ros.ros.cameras import CameraSpec, Frame, FrameSlots, FrameWorker, camera_specs
@@ -465,6 +466,9 @@ class ClipSegNode(LifecycleNode):
         prompts were replaced while it was processed)."""
         depth = self._stage(cam, "depth", lambda: self._depth_for(cam, frame.message.header.stamp, rgb.shape[:2],
                                                                   settings), None)
+        refine = settings.refine_options
+        result = self._stage(cam, "refinement", lambda: refine_result(
+            result, rgb, None if depth is None else depth.metres, refine), result)
         options = settings.scene_options
         scene = self._stage(cam, "3D", lambda: build_scene(result, depth, options),
                             lambda: self._stage(cam, "objects", lambda: build_scene(result, None, options), None))

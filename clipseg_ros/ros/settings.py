@@ -21,6 +21,7 @@ from clipseg_ros.core.motion.temporal import TemporalOptions
 from clipseg_ros.core.prompts.visual_prompts import DEFAULT_STYLE, STYLES
 from clipseg_ros.core.results.geometry import CAMERA_MODELS
 from clipseg_ros.core.results.postprocess import MAX_LABELS
+from clipseg_ros.core.results.refinement import REFINE_MODES, RefineOptions
 from clipseg_ros.core.results.scene import SceneOptions
 from clipseg_ros.ros.depth_inputs import camera_info_topic
 from clipseg_ros.ros.messages import OutputOptions
@@ -104,6 +105,21 @@ def parameter_specs() -> list[tuple[str, object, ParameterDescriptor]]:
         ("depth_band", 0.3, desc("m: an object's points further than this from its median depth are background",
                                  D, floating_point_range=[FloatingPointRange(from_value=0.001, to_value=100.0,
                                                                              step=0.0)])),
+        ("refine", RefineOptions.mode, desc("edge-aware refinement of the masks at the output resolution: "
+                                            + " | ".join(REFINE_MODES) + " (depth modes need a paired depth "
+                                            "image: without one, guided+depth runs guided and depth none)", S)),
+        ("refine_radius", RefineOptions.radius, desc("refinement window half-size in model patches (a patch is 16/352 "
+                                                     "of the image's width and height)", D,
+                                                     floating_point_range=[FloatingPointRange(
+                                                         from_value=0.25, to_value=16.0, step=0.0)])),
+        ("refine_depth_step", RefineOptions.depth_step, desc("m: a depth change larger than this is an edge a "
+                                                             "refined mask does not cross", D,
+                                                             floating_point_range=[FloatingPointRange(
+                                                                 from_value=0.001, to_value=100.0, step=0.0)])),
+        ("object_depth_step", 0.1, desc("m: parts of one prompt's region separated by a depth step larger than "
+                                        "this are separate objects (with depth); 0 = never split", D,
+                                        floating_point_range=[FloatingPointRange(from_value=0.0, to_value=100.0,
+                                                                                 step=0.0)])),
         ("min_object_area", 64.0, desc("input pixels: smaller connected regions are not objects", D,
                                        floating_point_range=[FloatingPointRange(from_value=0.0, to_value=1e9,
                                                                                 step=0.0)])),
@@ -206,6 +222,10 @@ class NodeSettings:
     depth_camera_model: str
     depth_slop: float
     depth_band: float
+    refine: str
+    refine_radius: float
+    refine_depth_step: float
+    object_depth_step: float
     min_object_area: float
     max_objects: int
     publish_markers: bool
@@ -261,6 +281,7 @@ class NodeSettings:
             "dtype": lambda: check_precision_name(self.dtype),
             "input_qos": lambda: _one_of("input_qos", self.input_qos, INPUT_QOS),
             "mask_resolution": lambda: _one_of("mask_resolution", self.mask_resolution, MASK_RESOLUTIONS),
+            "refine": lambda: _one_of("refine", self.refine, REFINE_MODES),
             "visual_prompt_style": lambda: _one_of("visual_prompt_style", self.visual_prompt_style, tuple(STYLES)),
             "depth_camera_model": lambda: _one_of("depth_camera_model", self.depth_camera_model, CAMERA_MODELS),
             "image_topics": lambda: _require(bool(self.image_topics), "image_topics is empty"),
@@ -307,7 +328,12 @@ class NodeSettings:
         return SceneOptions(min_object_area=self.min_object_area, max_objects=self.max_objects,
                             depth_band=self.depth_band, cloud=self.publish_cloud, cloud_prompts=self.cloud_prompts,
                             obstacle_prompts=self.obstacle_prompts, cloud_stride=self.cloud_stride,
-                            cloud_max_points=self.cloud_max_points, clearing_cloud=self.publish_clearing_cloud)
+                            cloud_max_points=self.cloud_max_points, clearing_cloud=self.publish_clearing_cloud,
+                            object_depth_step=self.object_depth_step)
+
+    @property
+    def refine_options(self) -> RefineOptions:
+        return RefineOptions(mode=self.refine, radius=self.refine_radius, depth_step=self.refine_depth_step)
 
     @property
     def temporal_options(self) -> TemporalOptions:

@@ -59,6 +59,7 @@ class SegmentationResult:
     image_size: tuple[int, int]
     timings_ms: dict = field(default_factory=dict)
     thresholds: tuple[float, ...] = ()
+    refinement: str = "none"  # the edge-aware refinement the masks went through (see refinement.py)
 
     @property
     def prompt_thresholds(self) -> tuple[float, ...]:

@@ -54,6 +54,7 @@ class SceneOptions:
     cloud_stride: int = 4
     cloud_max_points: int = 50000
     clearing_cloud: bool = False  # every valid depth point (strided), for a costmap's clearing source
+    object_depth_step: float = 0.0  # m: with depth, a prompt's parts split by a larger step are objects; 0 = never
 
 
 @dataclass(frozen=True)
@@ -94,8 +95,10 @@ def build_scene(result: SegmentationResult, depth: DepthFrame | None, options: S
     parts (chair legs, under a table) do not become points at the background's range. Pixels of
     a prompt outside its kept objects (specks under ``min_object_area``, objects past
     ``max_objects``) are not in the clouds either."""
+    split = depth.metres if depth is not None and options.object_depth_step > 0 else None
     found = find_objects(result.masks, result.prompts, result.prompt_thresholds, result.image_size,
-                         min_area=options.min_object_area, max_objects=options.max_objects)
+                         min_area=options.min_object_area, max_objects=options.max_objects,
+                         depth_metres=split, depth_step=options.object_depth_step)
     components = tuple(p.components if p.objects else None for p in found)
     if depth is None:
         return Scene(tuple(tuple(SceneObject(o, NO_POSITION) for o in p.objects) for p in found),
