@@ -148,6 +148,47 @@ def consumers(d: dict) -> str:
                    "objects cloud points"], "lrrrrrr", rows)
 
 
+REFINE_COLUMNS = ("none", "guided", "depth", "guided+depth")
+
+
+def refine_scenes(d: dict) -> str:
+    """IoU / boundary F-score per synthetic scene and refine mode, both sizes."""
+    rows = [[r["scene"], r["size"], *(f"{r[m][0]:.3f} / {r[m][1]:.2f}" for m in REFINE_COLUMNS)] for r in d["scenes"]]
+    for size, means in d["mean_iou"].items():
+        rows.append(["**mean IoU**", size, *(f"**{means[m]:.3f}**" for m in REFINE_COLUMNS)])
+    return _table(["scene", "input", *(f"`{m}` IoU / F" for m in REFINE_COLUMNS)], "llrrrr", rows)
+
+
+def refine_summary(d: dict) -> str:
+    """The front page's: mean IoU per mode on the synthetic set and the default mode's cost."""
+    cost = {r["size"]: r for r in d["cost"]}
+    mode = d["default"]
+    rows = [[size, *(f"{means[m]:.3f}" for m in REFINE_COLUMNS), f"{100 * cost[size][mode + '_share']:.1f}%"]
+            for size, means in sorted(d["mean_iou"].items(), key=lambda kv: int(kv[0].split("x")[0]))]
+    return _table([f"synthetic set, mean IoU ({d['cpu']})", *(f"`{m}`" for m in REFINE_COLUMNS),
+                   f"`{mode}`, 8 prompts: share of model time"], "lrrrrr", rows)
+
+
+def refine_cost(d: dict) -> str:
+    rows = [[r["size"], f"{r['model_ms']:.0f}", *(f"{r[m + '_ms']:.0f} ({100 * r[m + '_share']:.1f}%)"
+                                                 for m in REFINE_COLUMNS[1:])] for r in d["cost"]]
+    return _table([f"input, 8 prompts ({d['cpu']}, {d['threads']} threads)", "model (ms)",
+                   *(f"`{m}` (ms, share of model)" for m in REFINE_COLUMNS[1:])], "lrrrr", rows)
+
+
+def refine_radii(d: dict) -> str:
+    """Mean IoU per radius and mode at 640x480, and the scene that limits the radius."""
+    size, limiting = "640x480", "beside an orange box, 8 px apart"
+    radii = sorted({r["radius"] for r in d["radii"]})
+    row_of = {(r["mode"], r["radius"]): r for r in d["radii"] if r["size"] == size}
+    modes = REFINE_COLUMNS[1:]
+    rows = [[f"{radius:g}" + (" (default)" if radius == d["default_radius"] else ""),
+             *(f"{row_of[m, radius]['mean_iou']:.3f}" for m in modes),
+             f"{row_of['depth', radius]['iou'][limiting]:.3f}"] for radius in radii]
+    return _table(["`refine_radius` (patches)", *(f"{size} `{m}`: mean IoU" for m in modes),
+                   f"`depth` on '{limiting}'"], "lrrrr", rows)
+
+
 def soak(d: dict) -> str:
     rows = []
     for w in d["windows"]:
@@ -174,7 +215,8 @@ def headline(d: dict) -> str:
 
 RENDERERS = {f.__name__.replace("_", "-"): f for f in (
     engine, precision_engine, precision_agreement, precision_node, onnx_probe, node_overhead, propagation_accuracy,
-    propagation_node, label_speed, label_memory, spatial, consumers, soak, headline)}
+    propagation_node, label_speed, label_memory, spatial, consumers, soak, headline, refine_scenes, refine_summary, refine_cost,
+    refine_radii)}
 
 
 def documents() -> list[Path]:

@@ -65,6 +65,7 @@ class LabelOptions:
     min_object_area: float = 64.0
     max_objects: int = 16
     probabilities: bool = False
+    refine: str = "guided"  # none | guided: refinement with the frame's own image (no depth offline)
 
 
 # ---------------------------------------------------------------------- one frame
@@ -265,6 +266,18 @@ class Labeller:
                 self._failed(frame.name, frame.origin, f"segmentation failed: {type(exc).__name__}: {exc}", report,
                              progress)
             return []
+        if self.options.refine != "none":
+            from clipseg_ros.core.results.refinement import RefineOptions, refine_result
+
+            refine, refined = RefineOptions(mode=self.options.refine), []
+            for (frame, _), result in zip(pending, results):
+                try:
+                    refined.append(refine_result(result, frame.rgb, None, refine))
+                except Exception as exc:  # noqa: BLE001 - this frame goes out unrefined, said once per frame
+                    print(f"clipseg-label: {frame.name}: refinement failed, labelled unrefined: "
+                          f"{type(exc).__name__}: {exc}", file=sys.stderr)
+                    refined.append(result)
+            results = refined
         return [writer.submit(self._write, frame, digest, result)
                 for (frame, digest), result in zip(pending, results)]
 
@@ -399,6 +412,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--start", type=float, help="seconds from the first frame (video, bag)")
     p.add_argument("--end", type=float, help="seconds from the first frame (video, bag)")
     p.add_argument("--probabilities", action="store_true", help="also write each prompt's probability PNG")
+    p.add_argument("--refine", choices=("none", "guided"), default="guided",
+                   help="edge-aware refinement of the masks with the frame's image, as the node's refine "
+                        "(default guided; the node's depth modes need a depth image, which the labeller does not "
+                        "read)")
     p.add_argument("--min-object-area", type=float, default=64.0,
                    help="smaller regions (input px) are not objects (default 64, as the node)")
     p.add_argument("--max-objects", type=int, default=16, help="objects kept per prompt and frame (default 16, "
@@ -468,7 +485,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                        image_prompts=tuple((i.name, pixels_digest(i.prompt_image))
                                            for i in state.images),
                        probabilities=bool(args.probabilities or args.bag_out),
-                       min_object_area=args.min_object_area, max_objects=args.max_objects)
+                       min_object_area=args.min_object_area, max_objects=args.max_objects, refine=args.refine)
     try:
         folder = OutputFolder(args.output, config, replace=args.replace)
     except (OutputConflict, OSError) as exc:
@@ -476,7 +493,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for warning in prompt_set.warnings:
         print(f"clipseg-label: warning: {warning}", file=sys.stderr)
     options = LabelOptions(threshold=args.threshold, min_object_area=args.min_object_area,
-                           max_objects=args.max_objects, probabilities=config.probabilities)
+                           max_objects=args.max_objects, probabilities=config.probabilities, refine=args.refine)
     labeller = Labeller(engine, state, folder, options, batch=args.batch)
     progress = None
     if not args.no_progress:

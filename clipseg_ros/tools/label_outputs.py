@@ -71,6 +71,7 @@ class RunConfig:
     model_id: str = ""
     precision: str = ""
     device: str = ""
+    refine: str = "none"  # the masks' edge-aware refinement (clipseg_ros.core.results.refinement)
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -84,7 +85,8 @@ class RunConfig:
                          probabilities=bool(doc.get("probabilities", False)),
                          min_object_area=float(doc.get("min_object_area", 64.0)),
                          max_objects=int(doc.get("max_objects", 16)), model_id=str(doc.get("model_id", "")),
-                         precision=str(doc.get("precision", "")), device=str(doc.get("device", "")))
+                         precision=str(doc.get("precision", "")), device=str(doc.get("device", "")),
+                         refine=str(doc.get("refine", "none")))
 
     def _deciding(self) -> dict:
         """The settings that decide the labels."""

@@ -15,13 +15,15 @@ import cv2
 import numpy as np
 
 RED = (220, 30, 35)
+ORANGE = (225, 110, 40)
 WALL_M = 2.0
 
 
 @dataclass(frozen=True, eq=False)
 class SyntheticScene:
     """``image`` (H, W, 3) uint8 RGB, ``depth`` (H, W) float32 metres, ``truth`` (H, W) bool (the
-    red object's pixels), ``objects``: the true masks of its separate objects (by depth)."""
+    red object's pixels), ``objects``: the true masks of its separate objects (by depth); other
+    shapes (distractors) are in the image and the depth, not in the truth."""
 
     name: str
     image: np.ndarray
@@ -53,17 +55,21 @@ def _plain(h: int, w: int, colour=(128, 128, 128)) -> np.ndarray:
 
 
 def _finish(name, background, shapes, note="") -> SyntheticScene:
-    """``shapes``: (mask, depth in m, colour) drawn in order (later in front)."""
+    """``shapes``: (mask, depth in m, colour[, part of the truth: default true]) drawn in order
+    (later in front)."""
     h, w = background.shape[:2]
     image = background.copy()
     depth = np.full((h, w), WALL_M, np.float32)
     truth = np.zeros((h, w), bool)
     objects = []
-    for mask, metres, colour in shapes:
+    for mask, metres, colour, *counted in shapes:
         image[mask] = colour
         depth[mask] = metres
-        truth |= mask
-        objects = [o & ~mask for o in objects] + [mask]
+        truth &= ~mask
+        objects = [o & ~mask for o in objects]
+        if not counted or counted[0]:
+            truth |= mask
+            objects.append(mask)
     image = cv2.GaussianBlur(image, (0, 0), 0.7)
     return SyntheticScene(name, image, depth, truth, tuple(o for o in objects if o.any()), note)
 
@@ -103,6 +109,10 @@ def scenes(size: tuple[int, int] = (480, 640)) -> list[SyntheticScene]:
                 [(_rectangle(h, w, 0.3, 0.35, 0.5, 0.65), 1.0, RED), (bar, 1.0, RED)]),
         _finish("touching squares at 1.0 and 1.5 m", _texture(h, w, 3),
                 [(_rectangle(h, w, 0.45, 0.3, 0.75, 0.7), 1.5, RED), (_rectangle(h, w, 0.2, 0.25, 0.45, 0.75), 1.0, RED)]),
+        _finish("beside an orange box, 8 px apart", _texture(h, w, 4),
+                [(_rectangle(h, w, 0.52 + 8 * px / w, 0.3, 0.8, 0.7), 1.0, ORANGE, False),
+                 (_disc(h, w, 0.37, 0.5, 0.15), 1.0, RED)],
+                note="the box (225, 110, 40) is not red (R - max(G, B) = 115) and stands at the same depth"),
         _finish("close colours, 0.5 m in front", _plain(h, w, (205, 95, 85)), [(_disc(h, w, 0.5, 0.5, 0.2), 1.5,
                                                                                (220, 45, 50))],
                 note="object and wall differ by (15, 50, 35) in RGB"),

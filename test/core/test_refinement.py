@@ -68,7 +68,7 @@ def test_refinement_on_the_synthetic_set(known_answer_engine, size):
         for mode in REFINE_MODES:  # never worse than the block masks by more than 0.01
             assert by_mode[mode][0] >= by_mode["none"][0] - 0.01, (scene.name, mode, by_mode)
         if "handle" not in scene.name and "bar" not in scene.name:  # thin parts the blocks miss: see docs
-            assert by_mode["guided+depth"][0] >= 0.99 and by_mode["guided+depth"][1] >= 0.95, (scene.name, by_mode)
+            assert by_mode["guided+depth"][0] >= 0.99 and by_mode["guided+depth"][1] >= 0.9, (scene.name, by_mode)
         if "0.5 m in front" in scene.name:
             assert by_mode["depth"] >= (0.99, 0.99)
     assert np.mean(scores["none"]) < 0.83 and np.mean(scores["guided+depth"]) >= 0.95

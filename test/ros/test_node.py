@@ -23,8 +23,11 @@ NODE = "clipseg_test"
 
 @pytest.fixture(scope="module")
 def node(tiny_checkpoint, tmp_path_factory, client):
+    # refine none: these tests compare outputs with the model's own masks (refinement:
+    # test_refinement_node.py and test/core/test_refinement.py)
     proc = start_answering_node(client, NODE, {"model": str(tiny_checkpoint), "prompts": ["cup", "door handle"],
-                                               "rate": 0.0, "image_topics": ["/test_cam/image_raw"]},
+                                               "rate": 0.0, "image_topics": ["/test_cam/image_raw"],
+                                               "refine": "none"},
                                 tmp_path_factory.mktemp("logs"))
     yield proc
     assert_clean_exit(proc, proc.stop())

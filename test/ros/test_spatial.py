@@ -40,7 +40,10 @@ def node(tiny_checkpoint, tmp_path_factory, client):
                                                "rate": 0.0, "image_topics": [COLOUR], "depth_topics": [DEPTH],
                                                "prompt_thresholds": ["cup=0", "door handle=1"],
                                                "publish_cloud": True, "cloud_stride": 4,
-                                               "obstacle_prompts": ["cup"], "min_object_area": 0.0},
+                                               "obstacle_prompts": ["cup"], "min_object_area": 0.0,
+                                               # one object across a depth edge is what some tests here are
+                                               # about; splitting by depth: test_refinement_node.py
+                                               "object_depth_step": 0.0},
                                 tmp_path_factory.mktemp("logs"))
     yield proc
     assert_clean_exit(proc, proc.stop())

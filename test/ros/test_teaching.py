@@ -17,6 +17,7 @@ from sensor_msgs.msg import RegionOfInterest  # noqa: E402
 
 from clipseg_ros.core.model.engine import SegmentationEngine  # noqa: E402
 from clipseg_ros.core.prompts.visual_prompts import Box, make_example  # noqa: E402
+from clipseg_ros.core.results.refinement import RefineOptions, refine_result  # noqa: E402
 from clipseg_ros.ros.conversions import cv2_to_imgmsg, imgmsg_to_cv2  # noqa: E402
 
 NODE = "clipseg_teach"
@@ -86,7 +87,8 @@ def test_teach_from_the_newest_frame_of_a_camera(node, client, front, engine):
     # the published mask is the engine's mask for that prompt image (same tiny weights here)
     seg = newest_segmentation(client, front)
     assert list(seg.prompts) == ["cup", "door handle", "my thing"]
-    local = engine.segment(FRAME, engine.make_prompt_set(images={"my thing": expected.prompt_image}))
+    local = refine_result(engine.segment(FRAME, engine.make_prompt_set(images={"my thing": expected.prompt_image})),
+                          FRAME, None, RefineOptions())  # refined with the frame, as the node does by default
     published = imgmsg_to_cv2(seg.masks[2]).astype(int)
     assert np.abs(published - local.masks[0].astype(int)).max() <= 1
     # a mask (any size-matching mono8) and a text mix, by topic name of the camera

@@ -32,6 +32,14 @@ def run(args, tiny_checkpoint) -> int:
                            "--dtype", "float32", "--no-progress"])
 
 
+def labelled(engine, rgb, prompt_set, **kw):
+    """What the labeller labels a frame with by default: the engine's result, refined with the
+    frame's image (``--refine guided``)."""
+    from clipseg_ros.core.results.refinement import RefineOptions, refine_result
+
+    return refine_result(engine.segment(rgb, prompt_set, **kw), rgb, None, RefineOptions(mode="guided"))
+
+
 def snapshot(root: Path) -> dict:
     return {p.relative_to(root).as_posix(): (p.stat().st_mtime_ns, p.stat().st_size)
             for p in root.rglob("*") if p.is_file()}
@@ -61,7 +69,7 @@ def test_folder_labels_match_the_engine_and_coco_decodes_to_the_label(folder, tm
     assert all(s["reason"] for s in summary["skipped"])
     assert "2 skipped" in capsys.readouterr().out
     for k, name in enumerate(["a", "b", "sub/c"]):
-        expected = tiny_engine.segment(picture(k), tiny_engine.make_prompt_set(PROMPTS), threshold=0.5)
+        expected = labelled(tiny_engine, picture(k), tiny_engine.make_prompt_set(PROMPTS), threshold=0.5)
         label = read_png(out / "labels" / f"{name}.png")
         assert label.dtype == np.uint8 and np.array_equal(label, expected.label)
         for p in range(len(PROMPTS)):
@@ -209,7 +217,7 @@ def test_prompts_from_a_saved_prompt_store(folder, tmp_path, tiny_checkpoint, ti
     config = json.loads((out / "run.json").read_text())
     assert config["prompts"] == ["cup", "my mug"] and config["thresholds"] == [0.3, 0.4]
     prompt_set = tiny_engine.make_prompt_set(["cup"], {"my mug": example.prompt_image})
-    expected = tiny_engine.segment(picture(0), prompt_set)
+    expected = labelled(tiny_engine, picture(0), prompt_set)
     assert np.array_equal(read_png(out / "probabilities" / "a" / "1.png"), expected.masks[1])
 
 
@@ -284,7 +292,7 @@ def test_bag_in_labels_raw_and_compressed_and_the_enriched_bag_replays(storage, 
     prompt_set = tiny_engine.make_prompt_set(PROMPTS)
     for record in summary["frames"]:
         rgb = truth[(record["topic"], record["bag_time_ns"])]
-        expected = tiny_engine.segment(rgb, prompt_set)
+        expected = labelled(tiny_engine, rgb, prompt_set)
         for p in range(len(PROMPTS)):
             got = read_png(out / "probabilities" / record["name"] / f"{p}.png").astype(int)
             assert np.abs(got - expected.masks[p]).max() <= 1  # batched vision pass: within one level
@@ -394,7 +402,8 @@ def test_a_bag_recorded_on_humble_is_labelled(tmp_path, tiny_checkpoint, tiny_en
     assert len(summary["frames"]) == 4
     prompt_set = tiny_engine.make_prompt_set(PROMPTS)
     for record in summary["frames"]:
-        expected = tiny_engine.segment(truth[(record["topic"], record["bag_time_ns"])], prompt_set)
+        rgb = truth[(record["topic"], record["bag_time_ns"])]
+        expected = labelled(tiny_engine, rgb, prompt_set)
         got = read_png(out / "probabilities" / record["name"] / "0.png").astype(int)
         assert np.abs(got - expected.masks[0]).max() <= 1
     from clipseg_ros.tools.label_sources import open_bag
@@ -622,8 +631,9 @@ def test_memory_does_not_grow_with_the_number_of_frames(tmp_path, tiny_checkpoin
                         cv2.GaussianBlur(rng.integers(0, 256, (120, 160, 3), dtype=np.uint8), (0, 0), 4))
         tracemalloc.start()
         try:
+            # the model's own noisy masks (--refine none): many objects, large records, which the run must not keep
             assert run([images, "-o", tmp_path / f"out_{n}", "--prompts", ";".join(PROMPTS), "--min-object-area",
-                        "0"], tiny_checkpoint) == 0
+                        "0", "--refine", "none"], tiny_checkpoint) == 0
             peaks[n] = tracemalloc.get_traced_memory()[1]
         finally:
             tracemalloc.stop()
@@ -653,3 +663,27 @@ def test_a_stop_in_the_middle_of_collecting_writes_counts_each_frame_once(folder
     assert run([folder, "-o", out, "--prompts", ";".join(PROMPTS), "--batch", "2"], tiny_checkpoint) == 3
     printed = capsys.readouterr().out
     assert "1 frames labelled" in printed and len(list((out / "frames").glob("*.json"))) == 1
+
+
+def test_refinement_brings_the_labels_to_the_edges_and_decides_resuming(tmp_path, known_answer_checkpoint, capsys):
+    """With the known-answer checkpoint (masks = the red 16 px blocks) on a red disc, the
+    default ``--refine guided`` labels the disc to its edge, ``--refine none`` gives the blocks;
+    a folder labelled one way is not resumed the other."""
+    from clipseg_ros.tools.mask_scores import iou
+    from clipseg_ros.tools.synthetic_scenes import scenes
+
+    scene = next(s for s in scenes((240, 320)) if s.name == "disc on plain")
+    images = tmp_path / "images"
+    images.mkdir()
+    cv2.imwrite(str(images / "disc.png"), cv2.cvtColor(scene.image, cv2.COLOR_RGB2BGR))
+    common = ["--prompts", "red thing", "--model", str(known_answer_checkpoint), "--device", "cpu", "--dtype",
+              "float32", "--no-progress"]
+    assert label_cli.main([str(images), "-o", str(tmp_path / "refined"), *common]) == 0
+    assert label_cli.main([str(images), "-o", str(tmp_path / "blocks"), "--refine", "none", *common]) == 0
+    refined = read_png(tmp_path / "refined" / "labels" / "disc.png") == 1
+    blocks = read_png(tmp_path / "blocks" / "labels" / "disc.png") == 1
+    assert iou(refined, scene.truth) >= 0.98 and iou(blocks, scene.truth) < 0.9
+    assert json.loads((tmp_path / "refined" / "run.json").read_text())["refine"] == "guided"
+    capsys.readouterr()
+    assert label_cli.main([str(images), "-o", str(tmp_path / "blocks"), *common]) == 2  # blocks, now refined
+    assert "refine" in capsys.readouterr().err
