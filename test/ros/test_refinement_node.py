@@ -45,8 +45,9 @@ def output_of(client, name, depth=True):
     stamps = set()
     depth_mm = np.round(scene.depth * 1000).astype(np.uint16) if depth else False
 
-    def ours():
-        return next((s for s in list(segs) if s.header.stamp.sec in stamps), None)
+    def ours():  # with depth: one whose depth image had arrived when it was processed (rate 0: at once)
+        return next((s for s in list(segs) if s.header.stamp.sec in stamps
+                     and (not depth or s.depth_header.frame_id)), None)
 
     def step():
         stamps.add(camera.publish(depth_mm=depth_mm, colour_rgb=scene.image))
