@@ -25,7 +25,6 @@ import argparse
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import cv2
@@ -33,6 +32,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_3d import median_ms  # noqa: E402
 from results_file import cpu_name, write_results  # noqa: E402
 
 from clipseg_ros.core.model.engine import SegmentationEngine  # noqa: E402
@@ -50,16 +50,6 @@ def scores(masks: np.ndarray, image: np.ndarray, depth: np.ndarray | None, truth
            options: RefineOptions) -> tuple[float, float]:
     refined = refine_masks(masks, image, depth, options, [THRESHOLD]).masks[0] >= mask_level(THRESHOLD)
     return iou(refined, truth), boundary_f_score(refined, truth)
-
-
-def median_ms(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - start) * 1e3)
-    return float(np.median(times))
 
 
 def synthetic(args) -> dict:
