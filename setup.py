@@ -37,6 +37,7 @@ setup(
             "clipseg_node = clipseg_ros.ros.process:run",
             "clipseg_demo = clipseg_ros.tools.demo:main",
             "clipseg-label = clipseg_ros.tools.label:main",
+            "clipseg-prepare = clipseg_ros.tools.prepare:main",
         ],
     },
 )

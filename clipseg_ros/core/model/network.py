@@ -82,6 +82,7 @@ class ClipSegNetwork:
         self.max_text_tokens = int(getattr(cfg.text_config, "max_position_embeddings", 77))
         self._pos_cache: dict[tuple[int, int], torch.Tensor] = {}
         self.onnx_vision, self.onnx_vision_cached, self._export_thread = None, False, None
+        self.onnx_vision_path = None  # where the int8 vision graph is (or will be) cached
         export = None
         if precision.vision_int8 == "onnxruntime":
             precision, export = self._load_onnx_vision(precision, vision_size, cache_dir)
@@ -119,6 +120,7 @@ class ClipSegNetwork:
             reduce_range = int8_reduce_range(cpu_features())
             path = graph_path(self.model.clip.vision_model, self.vision_depth, self.extract_layers, size, cache_dir,
                               reduce_range)
+            self.onnx_vision_path = path
             self.onnx_vision = load_cached(path, threads)
             if self.onnx_vision is not None:
                 self.onnx_vision_cached = True
