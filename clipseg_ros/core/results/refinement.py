@@ -227,19 +227,14 @@ class DepthSteps:
     every prompt. A step is a pair of 8-neighbours whose depths (both valid) differ by more than
     ``depth_step``; its far pixel is an edge pixel."""
 
-    _OFFSETS = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if dy or dx]
-
     def __init__(self, depth: np.ndarray, depth_step: float):
         valid = np.isfinite(depth) & (depth > 0)
         d = np.where(valid, depth, np.nan).astype(np.float32)
-        padded = np.pad(d, 1, constant_values=np.nan)
-        h, w = d.shape
         self._depth, self.depth_step = d, depth_step
-        self.edges = np.zeros((h, w), bool)  # far side of a step: an 8-neighbour more than depth_step nearer
-        self._same_surface = []  # per offset: the neighbour there is valid and within depth_step
+        self.edges = np.zeros(d.shape, bool)  # far side of a step: an 8-neighbour more than depth_step nearer
+        self._same_surface = []  # per neighbour (as _neighbours): it is valid and within depth_step
         with np.errstate(invalid="ignore"):
-            for dy, dx in self._OFFSETS:
-                neighbour = padded[1 + dy:1 + dy + h, 1 + dx:1 + dx + w]
+            for neighbour in _neighbours(d, np.nan):
                 self.edges |= d - neighbour > depth_step
                 self._same_surface.append(np.abs(d - neighbour) <= depth_step)
 
@@ -283,11 +278,9 @@ class DepthSteps:
         with np.errstate(invalid="ignore"):
             behind = depth - nearest_kept > self.depth_step
         kept |= (inside > 0) & ~region_has_core[regions] & ~edges & ~behind
-        h, w = mask.shape
-        padded = np.pad(kept, 1)
-        rim = np.zeros((h, w), bool)
-        for (dy, dx), same in zip(self._OFFSETS, self._same_surface):
-            rim |= padded[1 + dy:1 + dy + h, 1 + dx:1 + dx + w] & same[window]
+        rim = np.zeros(mask.shape, bool)
+        for neighbour_kept, same in zip(_neighbours(kept, False), self._same_surface):
+            rim |= neighbour_kept & same[window]
         mask[(inside > 0) & ~kept & ~(edges & rim)] = 0
 
     def split(self, inside: np.ndarray):
@@ -304,9 +297,7 @@ class DepthSteps:
             waiting = inside & (labels == 0)
             if not waiting.any():
                 break
-            padded = np.pad(labels, 1)
-            for (dy, dx), same in zip(self._OFFSETS, self._same_surface):
-                neighbour = padded[1 + dy:1 + dy + h, 1 + dx:1 + dx + w]
+            for neighbour, same in zip(_neighbours(labels.copy(), 0), self._same_surface):
                 take = waiting & same & (neighbour > 0)
                 labels[take] = neighbour[take]
                 waiting &= ~take
@@ -330,3 +321,14 @@ class DepthSteps:
             centroids[:, 1] = np.bincount(which, weights=ys, minlength=count) / area
         stats[0] = 0
         return count, labels, stats, centroids
+
+
+def _neighbours(plane: np.ndarray, fill):
+    """The (H, W) views of each of a plane's 8 neighbours (``fill`` beyond the border), always in
+    the same order (the order of :class:`DepthSteps`' per-neighbour planes)."""
+    h, w = plane.shape
+    padded = np.pad(plane, 1, constant_values=fill)
+    for dy in (-1, 0, 1):
+        for dx in (-1, 0, 1):
+            if dy or dx:
+                yield padded[1 + dy:1 + dy + h, 1 + dx:1 + dx + w]
