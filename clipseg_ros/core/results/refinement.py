@@ -8,14 +8,14 @@ Filter", 2015): in every window the refined probability is a linear function of 
 to the model's probabilities. Where a window holds two colours (or two depths), a pixel of each
 gets the share of that colour's pixels the model marked there, so a mask that crosses an edge by
 less than half the window's pixels of that side falls back to the edge, and a mask that stops
-short of one grows to it. Where the guide is flat (no edge), it is a box blur of the model's map.
+short of one grows to it. Where the guide is flat (no edge), the model's map is kept as it is.
 
 Modes (``mode``): ``none``; ``guided`` (guide: the camera image, RGB); ``depth`` (guide: the
 depth image, one channel); ``guided+depth`` (both, a 4-channel guide). A depth change of
 ``depth_step`` metres counts like a black-to-white edge in one colour channel. Invalid depth
 (0, NaN, inf) takes the frame's farthest valid depth. Depth modes then apply one hard rule: a
 mask pixel that is cut off from its region's interior by a depth step larger than ``depth_step``
-is removed (see :func:`cut_at_depth_steps`), so a mask does not leak across a depth step.
+is removed (see :meth:`DepthSteps.cut`), so a mask does not leak across a depth step.
 
 Arrays: masks (N, H, W) uint8 (probability * 255, as published), the image (Hi, Wi, 3) uint8
 RGB and depth (Hd, Wd) float32 metres, each at any resolution of the same view (resampled to the
