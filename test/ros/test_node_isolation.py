@@ -16,6 +16,8 @@ import pytest
 rclpy = pytest.importorskip("rclpy")
 
 from clipseg_ros_interfaces.msg import Segmentation  # noqa: E402
+from lifecycle_msgs.msg import Transition  # noqa: E402
+from lifecycle_msgs.srv import ChangeState  # noqa: E402
 from rclpy.lifecycle import TransitionCallbackReturn  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
 from ros_helpers import CameraPublisher, wait_for  # noqa: E402
@@ -92,6 +94,18 @@ def test_a_failing_step_of_one_camera_costs_neither_its_2d_outputs_nor_the_other
     assert out.objects[0].has_position and out.objects[0].position.z == pytest.approx(1.5)
 
 
+def transition(client, transition_id: int) -> bool:
+    """A lifecycle transition of the live node through its service, as a robot asks for one: it
+    then runs on the node's executor thread. Triggered on the test's thread, deactivate destroyed
+    the subscriptions while that thread built its wait set (fresh-clone CI: "InvalidHandle: cannot
+    use Destroyable because destruction was requested"), the spinner died and no frame came after."""
+    srv = client.node.create_client(ChangeState, "/clipseg_iso/change_state")
+    try:
+        return client.call(srv, ChangeState.Request(transition=Transition(id=transition_id)), timeout=30).success
+    finally:
+        client.node.destroy_client(srv)
+
+
 def test_deactivate_clears_the_markers_and_activate_starts_from_no_model_frame(live, client):
     node = live
     markers = client.collect(MarkerArray, "/clipseg_iso/a/markers")
@@ -101,7 +115,7 @@ def test_deactivate_clears_the_markers_and_activate_starts_from_no_model_frame(l
              "propagated outputs and markers")
     cube = next(m for m in markers[-1].markers if m.type == Marker.CUBE)
     assert cube.lifetime.sec == 3 and cube.lifetime.nanosec == 0  # rate 0: 3 s
-    assert node.trigger_deactivate() == TransitionCallbackReturn.SUCCESS
+    assert transition(client, Transition.TRANSITION_DEACTIVATE)
     wait_for(lambda: markers and [m.action for m in markers[-1].markers] == [Marker.DELETEALL], 10,
              what="a DELETEALL on deactivate")
     # activate again with the model held: nothing may be carried from before the deactivation
@@ -114,7 +128,7 @@ def test_deactivate_clears_the_markers_and_activate_starts_from_no_model_frame(l
 
     node.engine.segment_batch = held
     segs.clear()
-    assert node.trigger_activate() == TransitionCallbackReturn.SUCCESS
+    assert transition(client, Transition.TRANSITION_ACTIVATE)
     timeline = node.cameras[0].timeline
     wait_for(lambda: (cam.publish(), len(timeline._propagator._history) >= 5)[-1], 30, 0.03,
              "frames seen by propagation after activate")
