@@ -279,3 +279,19 @@ class RgbdCamera:
         colour.header.stamp.sec, colour.header.stamp.nanosec = stamp_sec, 0
         self.colour.publish(colour)
         return stamp_sec
+
+    def publish_until(self, received, count=1, accept=None, timeout=30.0, period=0.05, **publish) -> list:
+        """Publishes frames (``publish`` as for :meth:`publish`) until ``count`` outputs of those
+        frames that ``accept`` takes have arrived in ``received``; returns them. Outputs of frames
+        published before (an earlier test's, still queued in the node) are not counted: they carry
+        their own frames' stamps."""
+        stamps: set[int] = set()
+
+        def ours():
+            return [m for m in list(received) if m.header.stamp.sec in stamps and (accept is None or accept(m))]
+
+        def step():
+            stamps.add(self.publish(**publish))
+            return len(ours()) >= count
+        wait_for(step, timeout, period, "outputs of the published frames")
+        return ours()

@@ -8,7 +8,7 @@ import pytest
 from clipseg_ros.core.model.known_answer_checkpoint import is_red
 from clipseg_ros.core.results.geometry import PinholeCamera
 from clipseg_ros.core.results.objects import find_objects
-from clipseg_ros.core.results.postprocess import mask_level
+from clipseg_ros.core.results.postprocess import SegmentationResult, mask_level, result_from_masks
 from clipseg_ros.core.results.refinement import (
     REFINE_MODES,
     DepthSteps,
@@ -140,8 +140,6 @@ def test_touching_objects_at_different_depths_are_two_objects():
     # and in 3D: each at its own depth
     camera = PinholeCamera.from_k([500.0, 0, 319.5, 0, 500.0, 239.5, 0, 0, 1], 640, 480)
     frame = DepthFrame(scene.depth, camera, "depth", (0, 0))
-    from clipseg_ros.core.results.postprocess import result_from_masks, SegmentationResult  # noqa: I001
-
     like = SegmentationResult(["red"], masks, masks[0] // 255, [], 0.4, (480, 640), thresholds=(0.4,))
     placed = build_scene(result_from_masks(masks, like), frame, SceneOptions(object_depth_step=0.1))
     assert sorted(round(o.location.position[2], 3) for o in placed.objects[0]) == [1.0, 1.5]

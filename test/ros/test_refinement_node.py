@@ -10,7 +10,7 @@ import pytest
 rclpy = pytest.importorskip("rclpy")
 
 from clipseg_ros_interfaces.msg import Segmentation  # noqa: E402
-from ros_helpers import RgbdCamera, assert_clean_exit, start_answering_node, wait_for  # noqa: E402
+from ros_helpers import RgbdCamera, assert_clean_exit, start_answering_node  # noqa: E402
 
 from clipseg_ros.ros.conversions import imgmsg_to_numpy  # noqa: E402
 from clipseg_ros.tools.mask_scores import iou  # noqa: E402
@@ -42,17 +42,11 @@ def output_of(client, name, depth=True):
     scene = SCENES[name]
     camera = RgbdCamera(client, (COLOUR, DEPTH, INFO, COLOUR_INFO), (H, W), (F, F), "refine_depth", SEQUENCE, 5000)
     segs = client.collect(Segmentation, f"/{NODE}/segmentation")
-    stamps = set()
     depth_mm = np.round(scene.depth * 1000).astype(np.uint16) if depth else False
-
-    def ours():  # with depth: one whose depth image had arrived when it was processed (rate 0: at once)
-        return next((s for s in list(segs) if s.header.stamp.sec in stamps
-                     and (not depth or s.depth_header.frame_id)), None)
-
-    def step():
-        stamps.add(camera.publish(depth_mm=depth_mm, colour_rgb=scene.image))
-        return ours()
-    return scene, wait_for(step, 60, 0.2, f"the output of '{name}'")
+    # with depth: an output whose depth image had arrived when it was processed (rate 0: at once)
+    outputs = camera.publish_until(segs, 1, accept=lambda s: not depth or s.depth_header.frame_id, timeout=60,
+                                   period=0.2, depth_mm=depth_mm, colour_rgb=scene.image)
+    return scene, outputs[0]
 
 
 def mask_of(seg) -> np.ndarray:

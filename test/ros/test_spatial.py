@@ -54,22 +54,6 @@ def rgbd_camera(client) -> RgbdCamera:
                       SEQUENCE, 2000)
 
 
-def until(client, camera, received, count=1, **publish):
-    """Publishes frames (``publish`` as for :meth:`RgbdCamera.publish`) until ``count`` outputs of
-    those frames arrived; returns them. Outputs of frames published before (an earlier test's frames
-    still queued in the node) are not counted: they carry their own frames' stamps."""
-    stamps: set[int] = set()
-
-    def ours():
-        return [out for out in list(received) if out.header.stamp.sec in stamps]
-
-    def step():
-        stamps.add(camera.publish(**publish))
-        return len(ours()) >= count
-    wait_for(step, 30, 0.05, "outputs")
-    return ours()
-
-
 def test_objects_positions_clouds_and_markers(node, client):
     camera = rgbd_camera(client)
     segs = client.collect(Segmentation, f"/{NODE}/segmentation")
@@ -127,7 +111,7 @@ def test_bad_depth_gives_a_warning_and_2d_outputs_still_go_out(node, client, pub
     camera = rgbd_camera(client)
     segs = client.collect(Segmentation, f"/{NODE}/segmentation")
     camera.publish()  # a good pair first (CameraInfo known from here on)
-    out = until(client, camera, segs, count=2, **publish)[-1]
+    out = camera.publish_until(segs, 2, **publish)[-1]
     assert len(out.masks) == 2  # 2D outputs as always
     assert not out.objects[0].has_position and math.isnan(out.objects[0].position.z)
     if reason != "no valid pixel":
@@ -138,7 +122,7 @@ def test_bad_depth_gives_a_warning_and_2d_outputs_still_go_out(node, client, pub
 def test_zero_focal_length_in_camera_info_is_refused(node, client):
     camera = rgbd_camera(client)
     segs = client.collect(Segmentation, f"/{NODE}/segmentation")
-    until(client, camera, segs, count=2, fx=0.0)
+    camera.publish_until(segs, 2, fx=0.0)
     wait_for(lambda: "focal lengths fx=0" in node.log(), 10, what="the focal length warning")
     camera.publish()  # and a good CameraInfo brings 3D back
     wait_for(lambda: (camera.publish(), segs[-1].objects[0].has_position)[1], 30, 0.05, "3D back")
@@ -188,13 +172,9 @@ def test_a_depth_edge_through_the_object_keeps_the_frame_and_its_cloud_keeps_one
     depth = np.full((H, W), 2500, np.uint16)
     depth[:, :W // 2] = 1000
 
-    mine = set()
-
-    def placed():  # one of these frames, whose depth image had arrived when it was processed (rate 0: at once)
-        mine.add(camera.publish(depth_mm=depth))
-        return next((m for m in reversed(segs) if m.header.stamp.sec in mine and m.depth_header.frame_id
-                     and m.objects[0].has_position), None)
-    out = wait_for(placed, 30, 0.05, "an output placed with its depth image")
+    # one of these frames, whose depth image had arrived when it was processed (rate 0: at once)
+    out = camera.publish_until(segs, 1, accept=lambda m: m.depth_header.frame_id and m.objects[0].has_position,
+                               depth_mm=depth)[-1]
     (cup,) = [o for o in out.objects if o.prompt == "cup"]
     assert cup.has_position and cup.position.z == pytest.approx(1.0)  # a tie: the nearer surface
     assert cup.extent.z == 0.0 and cup.extent.x == pytest.approx((W // 2) * 1.0 / FX, abs=1e-6)
@@ -210,7 +190,7 @@ def test_lost_objects_and_frames_without_depth_leave_nothing_stale(node, client)
     camera = rgbd_camera(client)
     markers = client.collect(MarkerArray, f"/{NODE}/markers")
     cups = client.collect(PointStamped, f"/{NODE}/position/cup")
-    until(client, camera, cups, count=1)
+    camera.publish_until(cups, 1)
     cube = wait_for(lambda: next((m for a in markers for m in a.markers if m.type == Marker.CUBE), None), 10,
                     what="a box marker")
     assert (cube.lifetime.sec, cube.lifetime.nanosec) == (3, 0)  # rate 0: 3 s
@@ -249,4 +229,4 @@ def test_every_prompt_has_its_own_position_topic_and_gone_prompts_lose_theirs(no
         return all(client.node.count_publishers(f"/{NODE}/position/{s}") == 0 for s in slugs
                    if s not in ("cup", "door_handle"))
     wait_for(gone, 30, 0.05, "the publishers of the removed prompts destroyed")
-    until(client, camera, segs, count=1)
+    camera.publish_until(segs, 1)

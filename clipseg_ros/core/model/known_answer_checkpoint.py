@@ -82,9 +82,8 @@ def set_known_answer_weights(model) -> None:
     emb.position_embedding.weight.copy_(position)
     emb.class_embedding.zero_()
     read = list(range(6))
-    for norm in (vision.pre_layrnorm,):
-        norm.weight.fill_(1.0)
-        norm.bias.zero_()
+    vision.pre_layrnorm.weight.fill_(1.0)
+    vision.pre_layrnorm.bias.zero_()
     for layer in vision.encoder.layers:  # pass channels 0-5 through every layer unchanged
         layer.self_attn.out_proj.weight[read] = 0.0
         layer.self_attn.out_proj.bias[read] = 0.0
