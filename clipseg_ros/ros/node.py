@@ -35,7 +35,7 @@ from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
 
 from clipseg_ros.core.model.device import OUT_OF_MEMORY_ERRORS, check_device_name, resolve_device, set_num_threads
-from clipseg_ros.core.model.engine import ModelLoadError, SegmentationEngine
+from clipseg_ros.core.model.engine import InferredBatch, ModelLoadError, SegmentationEngine
 from clipseg_ros.core.model.random_checkpoint import UNTRAINED_NOTE, is_untrained
 from clipseg_ros.core.motion.propagation import PropagationStopped
 from clipseg_ros.core.motion.temporal import CameraTimeline, propagation_rate
@@ -45,7 +45,7 @@ from clipseg_ros.core.results.geometry import DepthError
 from clipseg_ros.core.results.refinement import refine_result
 from clipseg_ros.core.results.scene import DepthFrame, build_scene
 from clipseg_ros.ros import diagnostics, vision_messages
-from clipseg_ros.ros.cameras import CameraSpec, Frame, FrameSlots, FrameWorker, camera_specs
+from clipseg_ros.ros.cameras import CameraSpec, Frame, FrameSlots, FrameWorker, OutputWorker, camera_specs
 from clipseg_ros.ros.conversions import ImageConversionError, check_image_layout, check_image_size, read_rgb8
 from clipseg_ros.ros.depth_inputs import DepthInput, stamp_seconds
 from clipseg_ros.ros.messages import build_outputs
@@ -84,6 +84,19 @@ class Camera:
     inferring: int = -1  # sequence number of the newest frame the model took: propagation leaves it to the model
 
 
+@dataclass(frozen=True)
+class ModelWork:
+    """One batch from the model thread to the outputs thread: the frames taken (camera, frame,
+    decoded RGB), the model's output for them, and the prompt set, settings and engine they were
+    segmented with (a change meanwhile applies from the next batch on)."""
+
+    taken: tuple
+    inferred: InferredBatch
+    prompt_set: object
+    settings: NodeSettings
+    engine: SegmentationEngine
+
+
 class ClipSegNode(LifecycleNode):
     """Open-vocabulary segmentation node (see README for topics, services and parameters).
 
@@ -100,6 +113,7 @@ class ClipSegNode(LifecycleNode):
         self._gate = PublishGate()
         self._worker: FrameWorker | None = None
         self._propagation_worker: FrameWorker | None = None
+        self._outputs: OutputWorker | None = None
         self._camera_subscriptions: list = []  # destroyed by deactivate
         super().__init__(node_name, **kwargs)
         self._declare_parameters()
@@ -122,6 +136,9 @@ class ClipSegNode(LifecycleNode):
         self._slots = FrameSlots(len(self.settings.image_topics))
         self._worker = FrameWorker(self._slots, self._process, rate=lambda: self.settings.rate,
                                    on_error=self._on_worker_error)
+        # Pipelined: a frame's outputs are made on their own thread while the model works on the next.
+        if self.settings.pipeline:
+            self._outputs = OutputWorker(self._deliver, on_error=self._on_worker_error)
         # Propagation: its own newest-frame slots and thread, niced so that the model's threads
         # get the CPU first (propagation uses spare time only; see on_activate).
         self._switch_interval: float | None = None  # the process's own, while propagation has changed it
@@ -194,6 +211,12 @@ class ClipSegNode(LifecycleNode):
         if self.settings.propagate:
             self._begin_propagation()
         try:
+            # The previous model thread (still finishing a frame after a deactivate) ends before
+            # the outputs thread starts: its result is not published after the deactivation.
+            if self._worker.running and not self._worker.stop(30.0):
+                raise RuntimeError("the previous inference thread is still busy after 30 s")
+            if self._outputs is not None:
+                self._outputs.start()
             self._worker.start()
             if self.settings.propagate:
                 self._propagation_worker.start()
@@ -267,6 +290,8 @@ class ClipSegNode(LifecycleNode):
         if workers and not self._worker.stop(deadline - time.monotonic()):
             self.get_logger().warning(f"inference is still finishing a frame after {join_timeout:g} s: its result "
                                       "will not be published, and the next activate waits for it")
+        if self._outputs is not None:  # after the model thread: what it handed over still goes out
+            self._outputs.stop(deadline - time.monotonic())
         if self._propagation_worker is not None:
             self._propagation_worker.stop(deadline - time.monotonic())
         if stop_helper:
@@ -392,6 +417,9 @@ class ClipSegNode(LifecycleNode):
         self.log.error("process", f"frame dropped: {type(exc).__name__}: {exc}")
 
     def _process(self, batch: list[Frame]) -> None:
+        """Model thread: decode the batch's frames and run the model on them; the rest of each
+        frame's work (:meth:`_deliver`) goes to the outputs thread when the node is pipelined,
+        so that it overlaps the model's work on the next batch."""
         # One consistent prompt set, engine and settings for the whole batch: a change during
         # inference applies from the next frame on.
         prompt_set, settings, engine, cameras = self.prompts.prompt_set, self.settings, self.engine, self.cameras
@@ -415,21 +443,39 @@ class ClipSegNode(LifecycleNode):
             return
         oom_retries = engine.oom_retries
         try:
-            results = engine.segment_batch([rgb for _, _, rgb in taken], prompt_set, threshold=settings.threshold,
-                                           output_size=settings.mask_resolution)
+            inferred = engine.infer_batch([rgb for _, _, rgb in taken], prompt_set)
         except Exception as exc:  # noqa: BLE001 - out of memory, NaN output, driver errors: drop, go on
-            reason = failure_line(exc)
-            for cam, _, _ in taken:
-                cam.stats.on_failed(reason)
-            if isinstance(exc, OUT_OF_MEMORY_ERRORS):
-                engine.release_cache()
-            self.log.error(f"inference:{type(exc).__name__}",
-                           f"segmentation failed, {len(taken)} frame(s) dropped: {reason}")
+            self._segmentation_failed(taken, exc, engine)
             return
         if engine.oom_retries != oom_retries:
             self.log.warning("oom", "out of GPU memory: freed the cache and retried in smaller batches (fewer "
                              "prompts, fewer cameras or dtype float16 would avoid it)")
-        for (cam, frame, rgb), result in zip(taken, results):
+        work = ModelWork(tuple(taken), inferred, prompt_set, settings, engine)
+        if self._outputs is None:
+            self._deliver(work)
+        else:
+            self._outputs.hand(work)  # False: stopped meanwhile (deactivate, shutdown): not published, as said then
+
+    def _segmentation_failed(self, taken, exc: Exception, engine: SegmentationEngine) -> None:
+        reason = failure_line(exc)
+        for cam, _, _ in taken:
+            cam.stats.on_failed(reason)
+        if isinstance(exc, OUT_OF_MEMORY_ERRORS):
+            engine.release_cache()
+        self.log.error(f"inference:{type(exc).__name__}",
+                       f"segmentation failed, {len(taken)} frame(s) dropped: {reason}")
+
+    def _deliver(self, work: ModelWork) -> None:
+        """Outputs thread (or the model thread when not pipelined): post-processing, smoothing,
+        objects, 3D, messages and publishing of one model batch, in the order of its frames."""
+        prompt_set, settings = work.prompt_set, work.settings
+        try:
+            results = work.engine.finish_batch(work.inferred, prompt_set, threshold=settings.threshold,
+                                               output_size=settings.mask_resolution)
+        except Exception as exc:  # noqa: BLE001 - as a failed model call: drop, go on
+            self._segmentation_failed(work.taken, exc, work.engine)
+            return
+        for (cam, frame, rgb), result in zip(work.taken, results):
             stamp = stamp_seconds(frame.message.header.stamp)
             result = self._stage(cam, "smoothing", lambda: cam.timeline.model_frame(rgb, result, prompt_set, stamp),
                                  result)

@@ -6,7 +6,14 @@ import time
 import pytest
 from ros_helpers import wait_for
 
-from clipseg_ros.ros.cameras import Frame, FrameSlots, FrameWorker, camera_name_from_topic, camera_specs
+from clipseg_ros.ros.cameras import (
+    Frame,
+    FrameSlots,
+    FrameWorker,
+    OutputWorker,
+    camera_name_from_topic,
+    camera_specs,
+)
 
 
 def test_camera_specs_decide_compression_on_the_remapped_topic():
@@ -146,3 +153,70 @@ def test_worker_measures_whether_it_has_spare_time(rate, spare_range):
         worker.stop(timeout=5)
     assert spare_range[0] <= worker.load.spare <= spare_range[1]
     assert 0.009 <= worker.load.cpu_s < 0.02
+
+
+def test_outputs_worker_delivers_in_order_and_holds_the_model_back_by_one_item():
+    """The model thread may run one batch ahead of the outputs, no more: a second hand() waits
+    until the first item is taken, and items come out in the order they went in."""
+    release, delivered, errors = threading.Event(), [], []
+
+    def deliver(item):
+        if item == 0:
+            release.wait(10)
+        if item == 2:
+            raise ValueError("bad frame")
+        delivered.append(item)
+
+    worker = OutputWorker(deliver, errors.append)
+    worker.start()
+    assert worker.hand(0)  # taken at once; deliver(0) blocks
+    wait_for(lambda: worker._item is None, 5, what="item 0 taken")
+    assert worker.hand(1)  # held: the thread is busy with 0
+    handed = threading.Event()
+    third = threading.Thread(target=lambda: (worker.hand(2), worker.hand(3), handed.set()))
+    third.start()
+    assert not handed.wait(0.3)  # back-pressure: 2 waits while 1 is held
+    release.set()
+    wait_for(handed.is_set, 5, what="items 2 and 3 handed over")
+    wait_for(lambda: delivered == [0, 1, 3], 5, what="0, 1 and 3 delivered in order")
+    assert [str(e) for e in errors] == ["bad frame"]  # the loop went on after it
+    assert worker.stop(5) and not worker.running
+
+
+def test_outputs_worker_delivers_what_was_handed_over_before_a_stop_and_refuses_later_items():
+    release, delivered = threading.Event(), []
+    worker = OutputWorker(lambda item: (release.wait(10), delivered.append(item)), lambda exc: None)
+    assert not worker.hand("before start")  # no thread: dropped, never left waiting
+    worker.start()
+    assert worker.hand(1)
+    wait_for(lambda: worker._item is None, 5, what="item 1 taken")
+    assert worker.hand(2)
+    worker.request_stop()
+    assert not worker.hand(3)  # returns at once once stopping
+    assert not worker.stop(0.2)  # still delivering 1
+    release.set()
+    assert worker.stop(5)
+    assert delivered == [1, 2]
+    worker.start()  # a new thread after a stop starts empty and delivers again
+    assert worker.hand(4)
+    wait_for(lambda: delivered == [1, 2, 4], 5, what="item 4 after a restart")
+    assert worker.stop(5)
+
+
+def test_worker_threads_carry_their_names_where_the_os_shows_them():
+    """top -H and /proc show which of the node's threads uses the CPU (the benchmark's CPU per
+    thread reads them); Python's own thread names stay inside Python."""
+    import os
+
+    seen = {}
+
+    def deliver(item):
+        seen["comm"] = open(f"/proc/self/task/{threading.get_native_id()}/comm").read().strip()
+
+    worker = OutputWorker(deliver, lambda exc: None, name="clipseg_outputs")
+    worker.start()
+    worker.hand(1)
+    wait_for(lambda: "comm" in seen, 5, what="the item delivered")
+    assert worker.stop(5)
+    assert seen["comm"] == "clipseg_outputs"
+    assert open(f"/proc/self/task/{os.getpid()}/comm").read().strip() != "clipseg_outputs"

@@ -255,16 +255,16 @@ def test_inference_exception_drops_the_frame_and_the_node_goes_on(live_node, cli
     node, cam, segs = live_node
     diags = stamped(client)
     cam.publish_until(segs, 1)
-    real = node.engine.segment_batch
+    real = node.engine.infer_batch
     failing = threading.Event()
     failing.set()
 
-    def segment_batch(*args, **kwargs):
+    def infer_batch(*args, **kwargs):
         if failing.is_set():
             raise error
         return real(*args, **kwargs)
 
-    node.engine.segment_batch = segment_batch
+    node.engine.infer_batch = infer_batch
 
     def failing_reported():
         cam.publish()
@@ -275,7 +275,7 @@ def test_inference_exception_drops_the_frame_and_the_node_goes_on(live_node, cli
     before = len(segs)
     wait_for(failing_reported, 15, 0, "diagnostics ERROR for failing inference")
     assert len(segs) - before <= 1  # nothing published for failed frames (one may have been in flight)
-    assert node.engine.segment_batch is segment_batch
+    assert node.engine.infer_batch is infer_batch
     failing.clear()
     assert list(cam.publish_until(segs, 1)[-1].prompts) == ["cup", "door handle"]
     assert any(c.stats.failed for c in node.cameras)
@@ -284,15 +284,15 @@ def test_inference_exception_drops_the_frame_and_the_node_goes_on(live_node, cli
 def test_prompts_changed_during_inference_apply_from_the_next_frame(live_node, client):
     node, cam, segs = live_node
     cam.publish_until(segs, 1)
-    real = node.engine.segment_batch
+    real = node.engine.infer_batch
     started, release = threading.Event(), threading.Event()
 
-    def slow_segment_batch(images, prompt_set, **kwargs):
+    def slow_infer_batch(images, prompt_set, **kwargs):
         started.set()
         release.wait(30)
         return real(images, prompt_set, **kwargs)
 
-    node.engine.segment_batch = slow_segment_batch
+    node.engine.infer_batch = slow_infer_batch
     before = len(segs)
     cam.publish()
     wait_for(started.is_set, 10, what="inference to start")
@@ -435,14 +435,14 @@ def test_nothing_is_published_once_teardown_began(tiny_checkpoint, ros, client):
     assert node.trigger_activate() == TransitionCallbackReturn.SUCCESS
     spinner = BackgroundSpinner(node)
     started, release = threading.Event(), threading.Event()
-    real = node.engine.segment_batch
+    real = node.engine.infer_batch
 
-    def slow_segment_batch(*args, **kwargs):
+    def slow_infer_batch(*args, **kwargs):
         started.set()
         release.wait(30)
         return real(*args, **kwargs)
 
-    node.engine.segment_batch = slow_segment_batch
+    node.engine.infer_batch = slow_infer_batch
     published = []
     for cam in node.cameras:
         cam.publishers.publish = published.append

@@ -119,14 +119,14 @@ def test_deactivate_clears_the_markers_and_activate_starts_from_no_model_frame(l
     wait_for(lambda: markers and [m.action for m in markers[-1].markers] == [Marker.DELETEALL], 10,
              what="a DELETEALL on deactivate")
     # activate again with the model held: nothing may be carried from before the deactivation
-    real = node.engine.segment_batch
+    real = node.engine.infer_batch
     release = threading.Event()
 
     def held(*args, **kwargs):
         release.wait(30)
         return real(*args, **kwargs)
 
-    node.engine.segment_batch = held
+    node.engine.infer_batch = held
     segs.clear()
     assert transition(client, Transition.TRANSITION_ACTIVATE)
     timeline = node.cameras[0].timeline
@@ -198,7 +198,7 @@ def test_shutdown_tells_every_thread_first_and_waits_once(tiny_checkpoint, ros, 
             raise RuntimeError("shut down")
         return blocked
 
-    node.engine.segment_batch = block("model")
+    node.engine.infer_batch = block("model")
     node.cameras[0].timeline.propagate = block("propagation")
     cam = RgbdA(client)
     try:
@@ -221,7 +221,7 @@ def test_a_model_result_overtaken_during_inference_still_reaches_the_consumers(l
     segs = client.collect(Segmentation, "/clipseg_iso/b/segmentation")
     cam = CameraPublisher(client, B, h=H, w=W, stamp_period=1 / 30)
     image = np.random.default_rng(3).integers(0, 256, (H, W, 3), dtype=np.uint8)
-    real = node.engine.segment_batch
+    real = node.engine.infer_batch
     models = []
 
     def slow(images, prompt_set, **kwargs):
@@ -230,9 +230,9 @@ def test_a_model_result_overtaken_during_inference_still_reaches_the_consumers(l
         models.append(len(models))
         return out
 
-    node.engine.segment_batch = slow
+    node.engine.infer_batch = slow
     wait_for(lambda: (cam.publish(image), len(models) >= 6)[-1], 60, 0.03, "six slow model results")
-    node.engine.segment_batch = real
+    node.engine.infer_batch = real
     stamps = [m.header.stamp.sec + m.header.stamp.nanosec * 1e-9 for m in segs]
     assert all(later > earlier for earlier, later in zip(stamps, stamps[1:]))
     sources = {round(s - m.model_frame_age, 3) for s, m in zip(stamps, segs)}

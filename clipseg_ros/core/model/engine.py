@@ -90,6 +90,22 @@ class InferenceOutput:
                                decoder_ms=sum(p.decoder_ms for p in parts))
 
 
+@dataclass(frozen=True)
+class InferredBatch:
+    """:meth:`SegmentationEngine.infer_batch`'s output, for :meth:`~SegmentationEngine.finish_batch`:
+    the model's logits (None for an empty prompt set), the frames' (height, width), and the
+    model's part of the time (ms, vision + decoder + its checks)."""
+
+    output: InferenceOutput | None
+    sizes: list[tuple[int, int]]
+    model_ms: float
+
+
+def check_output_size(output_size: str) -> None:
+    if output_size not in ("input", "model"):
+        raise ValueError(f"output_size must be 'input' or 'model', not {output_size!r}")
+
+
 class SegmentationEngine:
     """Owns one CLIPSeg model and does all the math.
 
@@ -287,14 +303,21 @@ class SegmentationEngine:
         """Segment B images (e.g. one per camera, any sizes) with one vision pass and one
         decoder batch. ``threshold`` is the default for prompts without their own (see
         :attr:`PromptSet.thresholds`). An empty prompt set returns valid empty results without a
-        model call.
+        model call. The same as :meth:`finish_batch` of :meth:`infer_batch` (a pipelined caller
+        runs the two on different threads).
         Raises NonFiniteLogitsError when the model's output holds NaN or inf."""
-        if output_size not in ("input", "model"):
-            raise ValueError(f"output_size must be 'input' or 'model', not {output_size!r}")
+        check_output_size(output_size)
+        return self.finish_batch(self.infer_batch(images, prompts, color_order), prompts, threshold=threshold,
+                                 output_size=output_size)
+
+    def infer_batch(self, images: Sequence[np.ndarray], prompts: PromptSet,
+                    color_order: str = "rgb") -> "InferredBatch":
+        """The model's part of :meth:`segment_batch`: vision pass and decoder (retried in smaller
+        batches after an out-of-memory error), and the check for NaN/inf logits."""
         if len(prompts) == 0 or prompts.embeddings is None:
             for im in images:
                 as_rgb_uint8(im, color_order)  # still refuse bad images
-            return [postprocess.empty_result(im.shape[:2], threshold) for im in images]
+            return InferredBatch(None, [im.shape[:2] for im in images], 0.0)
         t0 = time.perf_counter()
         try:
             out = self._infer(images, prompts.embeddings, color_order)
@@ -312,16 +335,28 @@ class SegmentationEngine:
         if bad:
             raise NonFiniteLogitsError(f"the model produced NaN/inf logits for {len(bad)} of {len(images)} "
                                        f"frame(s) (precision {self.precision.name}; float32 avoids overflow)")
+        return InferredBatch(out, out.sizes, (time.perf_counter() - t0) * 1e3)
+
+    @staticmethod
+    def finish_batch(inferred: "InferredBatch", prompts: PromptSet, *, threshold: float = 0.4,
+                     output_size: str = "input") -> list[SegmentationResult]:
+        """Post-processing of :meth:`infer_batch`'s output (no model call: any thread may run it
+        while the model works on the next batch): probabilities, masks, label and stats per
+        frame, with the timings of every stage (``total`` = the model's part + this)."""
+        check_output_size(output_size)
+        out = inferred.output
+        if out is None:
+            return [postprocess.empty_result(size, threshold) for size in inferred.sizes]
         t2 = time.perf_counter()
         thresholds = prompts.thresholds_or(threshold)
         results = [postprocess.postprocess_logits(out.logits[k], prompts.names, size, threshold=threshold,
                                                   thresholds=thresholds,
                                                   output_size=None if output_size == "input" else out.logits.shape[-2:])
                    for k, size in enumerate(out.sizes)]
-        t3 = time.perf_counter()
+        post_ms = (time.perf_counter() - t2) * 1e3
         for r in results:
             r.timings_ms = {"preprocess": out.preprocess_ms, "vision": out.vision_ms, "decoder": out.decoder_ms,
-                            "post": (t3 - t2) * 1e3, "total": (t3 - t0) * 1e3}
+                            "post": post_ms, "total": inferred.model_ms + post_ms}
         return results
 
     def _infer(self, images: Sequence[np.ndarray], embeddings: torch.Tensor, color_order: str,
