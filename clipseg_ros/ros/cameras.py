@@ -157,19 +157,28 @@ def name_this_thread(name: str) -> None:
 
 class WorkerLoad:
     """How a worker thread spends its time, averaged over its recent cycles (exponentially,
-    ``weight`` for the newest): ``spare`` = waiting / (waiting + working), ``cpu_s`` = CPU
-    seconds the thread itself used per cycle (less than its wall time at work when other threads
-    had the cores). Written by the worker, read by others (floats: no lock needed)."""
+    ``weight`` for the newest): ``spare`` = waiting / (waiting + working), ``busy_s`` = wall
+    seconds at work per cycle, ``cpu_s`` = CPU seconds the thread itself used per cycle (less
+    than its wall time at work when other threads had the cores). Written by the worker, read
+    by others (floats: no lock needed)."""
 
     def __init__(self, weight: float = 0.3):
         self.weight = weight
         self.spare: float | None = None  # None until the first cycle
+        self.busy_s: float | None = None
         self.cpu_s: float | None = None
 
     def add(self, waited_s: float, busy_s: float, cpu_s: float) -> None:
         spare = waited_s / max(waited_s + busy_s, 1e-9)
         self.spare = self._average(self.spare, spare)
+        self.busy_s = self._average(self.busy_s, busy_s)
         self.cpu_s = self._average(self.cpu_s, cpu_s)
+
+    def describe(self) -> str:
+        """'<busy> ms a cycle (<cpu> ms CPU), <spare>% waiting', or 'n/a' before the first cycle."""
+        if self.spare is None:
+            return "n/a"
+        return f"{self.busy_s * 1e3:.1f} ms a cycle ({self.cpu_s * 1e3:.1f} ms CPU), {self.spare:.0%} waiting"
 
     def _average(self, old: float | None, new: float) -> float:
         return new if old is None else (1 - self.weight) * old + self.weight * new
@@ -267,10 +276,11 @@ class OutputWorker:
     model output) is delivered here (post-processing, objects, 3D, messages, publishing) while
     the model works on the next batch.
 
-    One item is held at a time: :meth:`hand` waits while the previous one has not been taken, so
-    the model runs at most one batch ahead of the outputs, nothing it computed is dropped while
-    the thread runs, and items are delivered in the order they were handed over (a camera's
-    outputs keep the order of its frames). After :meth:`request_stop` the item already handed
+    One item at a time: :meth:`hand` waits until the thread has finished the previous one, so the
+    model runs at most one batch ahead of the outputs (a result never queues behind another: its
+    latency cannot grow when the outputs are the slower stage), nothing it computed is dropped
+    while the thread runs, and items are delivered in the order they were handed over (a
+    camera's outputs keep the order of its frames). After :meth:`request_stop` the item already handed
     over is still delivered, then the thread ends; a later :meth:`hand` returns False at once.
     Like :class:`FrameWorker`, at most one such thread runs.
     """
@@ -282,6 +292,7 @@ class OutputWorker:
         self._name = name
         self._cond = threading.Condition()
         self._item: object | None = None
+        self._busy = False  # delivering an item
         self._stopping = False
         self._thread: threading.Thread | None = None
         self.load = WorkerLoad()
@@ -296,15 +307,15 @@ class OutputWorker:
         if self.running and not self.stop(previous_timeout):
             raise RuntimeError(f"the previous outputs thread is still busy after {previous_timeout:g} s")
         with self._cond:
-            self._item, self._stopping = None, False
+            self._item, self._busy, self._stopping = None, False, False
         self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
         self._thread.start()
 
     def hand(self, item: object) -> bool:
-        """Give ``item`` to the thread, waiting while it still holds an earlier one; False (the
+        """Give ``item`` to the thread, waiting while it still works on an earlier one; False (the
         item dropped) when the thread is not running or stops meanwhile."""
         with self._cond:
-            while self._item is not None and not self._stopping:
+            while (self._item is not None or self._busy) and not self._stopping:
                 self._cond.wait(timeout=0.5)
             if self._stopping or not self.running:
                 return False
@@ -340,7 +351,7 @@ class OutputWorker:
                 while self._item is None and not self._stopping:
                     self._cond.wait(timeout=0.5)
                 item, self._item = self._item, None
-                self._cond.notify_all()  # a waiting hand() may give the next one now
+                self._busy = item is not None
             if item is None:  # stopping, and nothing was handed over
                 return
             started, cpu_started = time.monotonic(), time.thread_time()
@@ -348,5 +359,9 @@ class OutputWorker:
                 self._deliver(item)
             except Exception as exc:  # noqa: BLE001 - a bad frame must never stop the loop
                 self._on_error(exc)
+            finally:
+                with self._cond:
+                    self._busy = False
+                    self._cond.notify_all()  # a waiting hand() gives the next one now
             idle_since, busy_from = time.monotonic(), idle_since
             self.load.add(started - busy_from, idle_since - started, time.thread_time() - cpu_started)

@@ -633,6 +633,10 @@ class ClipSegNode(LifecycleNode):
             "vision_msgs": vision_messages.UNAVAILABLE or "available",
             "frames processed": str(self.frames_processed),
             "out-of-memory retries": str(engine.oom_retries if engine is not None else 0),
+            # which stage bounds the rate: with pipeline, the slower thread's cycle is the period
+            "model thread": self._worker.load.describe(),
+            "outputs thread": "off (pipeline false: the model thread makes the outputs)" if self._outputs is None
+            else self._outputs.load.describe(),
         }
         array = DiagnosticArray()
         array.header.stamp = self.get_clock().now().to_msg()

@@ -156,30 +156,31 @@ def test_worker_measures_whether_it_has_spare_time(rate, spare_range):
 
 
 def test_outputs_worker_delivers_in_order_and_holds_the_model_back_by_one_item():
-    """The model thread may run one batch ahead of the outputs, no more: a second hand() waits
-    until the first item is taken, and items come out in the order they went in."""
+    """The model thread may run one batch ahead of the outputs, no more: hand() waits until the
+    thread has finished the item before (a result never queues behind another), and items come
+    out in the order they went in; an exception in one goes to on_error and the loop goes on."""
     release, delivered, errors = threading.Event(), [], []
 
     def deliver(item):
         if item == 0:
             release.wait(10)
-        if item == 2:
+        if item == 1:
             raise ValueError("bad frame")
         delivered.append(item)
 
     worker = OutputWorker(deliver, errors.append)
     worker.start()
     assert worker.hand(0)  # taken at once; deliver(0) blocks
-    wait_for(lambda: worker._item is None, 5, what="item 0 taken")
-    assert worker.hand(1)  # held: the thread is busy with 0
-    handed = threading.Event()
-    third = threading.Thread(target=lambda: (worker.hand(2), worker.hand(3), handed.set()))
-    third.start()
-    assert not handed.wait(0.3)  # back-pressure: 2 waits while 1 is held
+    handed = []
+    model = threading.Thread(target=lambda: [handed.append(worker.hand(k)) for k in (1, 2, 3)])
+    model.start()
+    model.join(0.3)
+    assert handed == []  # back-pressure: 1 waits while 0 is being delivered
     release.set()
-    wait_for(handed.is_set, 5, what="items 2 and 3 handed over")
-    wait_for(lambda: delivered == [0, 1, 3], 5, what="0, 1 and 3 delivered in order")
-    assert [str(e) for e in errors] == ["bad frame"]  # the loop went on after it
+    model.join(5)
+    assert handed == [True, True, True]
+    wait_for(lambda: delivered == [0, 2, 3], 5, what="0, 2 and 3 delivered in order")
+    assert [str(e) for e in errors] == ["bad frame"]
     assert worker.stop(5) and not worker.running
 
 
@@ -189,17 +190,21 @@ def test_outputs_worker_delivers_what_was_handed_over_before_a_stop_and_refuses_
     assert not worker.hand("before start")  # no thread: dropped, never left waiting
     worker.start()
     assert worker.hand(1)
-    wait_for(lambda: worker._item is None, 5, what="item 1 taken")
-    assert worker.hand(2)
+    waiting = []
+    second = threading.Thread(target=lambda: waiting.append(worker.hand(2)))
+    second.start()  # waits while 1 is being delivered
+    wait_for(lambda: worker._busy, 5, what="item 1 taken")
     worker.request_stop()
+    second.join(5)
+    assert waiting == [False]  # not handed over before the stop: dropped, the waiting thread freed
     assert not worker.hand(3)  # returns at once once stopping
     assert not worker.stop(0.2)  # still delivering 1
     release.set()
     assert worker.stop(5)
-    assert delivered == [1, 2]
+    assert delivered == [1]  # what was handed over went out
     worker.start()  # a new thread after a stop starts empty and delivers again
     assert worker.hand(4)
-    wait_for(lambda: delivered == [1, 2, 4], 5, what="item 4 after a restart")
+    wait_for(lambda: delivered == [1, 4], 5, what="item 4 after a restart")
     assert worker.stop(5)
 
 

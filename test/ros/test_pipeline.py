@@ -86,16 +86,15 @@ def test_the_model_segments_the_next_frame_while_a_frame_s_outputs_are_made(node
     camera = CameraPublisher(client, topic, h=H, w=W, stamp_period=1 / 30)
     image, truth = red_blocks(0)
     wait_for(lambda: (camera.publish(image), held.is_set())[-1], 30, 0.03, "the first frame's outputs held")
-    models_before = len(inferred)
-    if pipeline:
-        wait_for(lambda: (camera.publish(image), len(inferred) > models_before)[-1], 10, 0.03,
+    if pipeline:  # the first frame's model call, then the next frame's (which then waits to hand over)
+        wait_for(lambda: (camera.publish(image), len(inferred) >= 2)[-1], 10, 0.03,
                  "the model on a later frame while the first one's outputs are held")
     else:
         deadline = time.monotonic() + 1.5  # a window to show nothing happens in it
         while time.monotonic() < deadline:
             camera.publish(image)
             time.sleep(0.03)  # the camera's period
-        assert len(inferred) == models_before
+        assert len(inferred) == 1
     assert not segs  # nothing went out while the first frame's outputs were held
     release.set()
     wait_for(lambda: (camera.publish(image), len(segs) >= 2)[-1], 30, 0.03, "outputs after the release")
@@ -105,6 +104,9 @@ def test_the_model_segments_the_next_frame_while_a_frame_s_outputs_are_made(node
 def test_pipelined_and_one_thread_nodes_publish_the_same_outputs_in_the_same_order(nodes, client):
     """The same frames through both modes: the same label and masks (the truth), every output's
     stamp later than the one before, under a 30 Hz camera that outruns the model."""
+    from diagnostic_msgs.msg import DiagnosticArray
+
+    diagnostics = client.collect(DiagnosticArray, "/diagnostics")
     received = {}
     for pipeline in (True, False):
         topic = f"/pipe_same_{pipeline}/image"
@@ -131,3 +133,16 @@ def test_pipelined_and_one_thread_nodes_publish_the_same_outputs_in_the_same_ord
         assert bytes(one.label.data) == bytes(other.label.data)
         assert bytes(one.masks[0].data) == bytes(other.masks[0].data)
         assert [c.max_score for c in one.confidences] == [c.max_score for c in other.confidences]
+
+    def thread_report(pipeline):  # the node says what each thread spends a cycle on
+        for array in reversed(diagnostics):
+            for status in array.status:
+                values = {kv.key: kv.value for kv in status.values}
+                if status.name == f"clipseg_pipe_same_{pipeline}: model" and values.get("frames processed") != "0":
+                    return values["model thread"], values["outputs thread"]
+        return None
+
+    model, outputs = wait_for(lambda: thread_report(True), 10, what="diagnostics of the pipelined node")
+    assert "ms a cycle" in model and "ms a cycle" in outputs
+    model, outputs = wait_for(lambda: thread_report(False), 10, what="diagnostics of the one-thread node")
+    assert "ms a cycle" in model and outputs.startswith("off")

@@ -23,8 +23,10 @@ def test_short_soak_is_flat_and_drops_by_design(tmp_path):
     assert set(counters) == {"front", "rear"}
     for c in counters.values():
         assert c["dropped: unreadable"] == 0 and c["dropped: failed"] == 0
-        # Most frames are superseded by newer ones (by design); every frame is accounted for.
-        assert 0 <= c["frames received"] - c["frames processed"] - c["dropped: superseded"] <= 2, c
+        # Most frames are superseded by newer ones (by design); every frame is accounted for but
+        # those still in flight: one in the newest-frame slot, one with the model, one in the
+        # outputs thread (pipelined).
+        assert 0 <= c["frames received"] - c["frames processed"] - c["dropped: superseded"] <= 3, c
     assert counters["front"]["dropped: superseded"] > counters["front"]["frames processed"]
     assert r["prompt_changes"] >= 5 and r["prompt_changes_seen"] == r["prompt_changes"]
     assert r["prompt_switch_ms_max"] < 2000
