@@ -191,11 +191,17 @@ class FrameWorker:
 
     At most one such thread runs: :meth:`stop` that times out (a frame still in flight) keeps
     the thread, and :meth:`start` waits for it before starting another.
+
+    ``ready_at``: asked after each batch, the monotonic time before which the next batch is not
+    taken (a pipelined node: when the outputs thread is the slower stage, the model starts on its
+    next frame just in time to hand it over when the outputs are free, on a newer frame than
+    one taken at once, instead of finishing early and waiting with a result that ages).
     """
 
     def __init__(self, slots: FrameSlots, process: Callable[[list[Frame]], None],
                  rate: Callable[[], float], on_error: Callable[[Exception], None], name: str = "clipseg_inference",
-                 nice: int = 0):
+                 nice: int = 0, ready_at: Callable[[], float] | None = None):
+        self._ready_at = ready_at
         self._nice = nice  # > 0: this thread yields the CPU to the others (Linux: per-thread niceness)
         self._slots = slots
         self._process = process
@@ -264,6 +270,8 @@ class FrameWorker:
                 self._process(batch)
             except Exception as exc:  # noqa: BLE001 - a bad frame must never stop the loop
                 self._on_error(exc)
+            if self._ready_at is not None:
+                not_before = max(not_before, self._ready_at())
             idle_since, busy_from = time.monotonic(), idle_since
             self.load.add(started - busy_from, idle_since - started, time.thread_time() - cpu_started)
             if _MALLOC_TRIM is not None and time.monotonic() - last_trim >= TRIM_PERIOD_S:
@@ -293,6 +301,7 @@ class OutputWorker:
         self._cond = threading.Condition()
         self._item: object | None = None
         self._busy = False  # delivering an item
+        self._busy_since = 0.0
         self._stopping = False
         self._thread: threading.Thread | None = None
         self.load = WorkerLoad()
@@ -323,6 +332,16 @@ class OutputWorker:
             self._cond.notify_all()
         return True
 
+    def free_at(self) -> float:
+        """When the thread is expected to be free (monotonic s): now when idle, else when its
+        item started plus its average time per item."""
+        with self._cond:
+            busy, since = self._busy or self._item is not None, self._busy_since
+        now = time.monotonic()
+        if not busy or self.load.busy_s is None:
+            return now
+        return max(now, since + self.load.busy_s)
+
     def request_stop(self) -> None:
         """End the thread after the item already handed over (returns at once)."""
         with self._cond:
@@ -351,7 +370,7 @@ class OutputWorker:
                 while self._item is None and not self._stopping:
                     self._cond.wait(timeout=0.5)
                 item, self._item = self._item, None
-                self._busy = item is not None
+                self._busy, self._busy_since = item is not None, time.monotonic()
             if item is None:  # stopping, and nothing was handed over
                 return
             started, cpu_started = time.monotonic(), time.thread_time()

@@ -134,11 +134,13 @@ class ClipSegNode(LifecycleNode):
         self._logged_precision = None  # the precision last written to the log (it changes once an int8 export ends)
         self.cameras: list[Camera] = []
         self._slots = FrameSlots(len(self.settings.image_topics))
-        self._worker = FrameWorker(self._slots, self._process, rate=lambda: self.settings.rate,
-                                   on_error=self._on_worker_error)
         # Pipelined: a frame's outputs are made on their own thread while the model works on the next.
+        self._model_s: float | None = None  # the model's time per batch (average), without handing over
         if self.settings.pipeline:
             self._outputs = OutputWorker(self._deliver, on_error=self._on_worker_error)
+        self._worker = FrameWorker(self._slots, self._process, rate=lambda: self.settings.rate,
+                                   on_error=self._on_worker_error,
+                                   ready_at=None if self._outputs is None else self._next_model_start)
         # Propagation: its own newest-frame slots and thread, niced so that the model's threads
         # get the CPU first (propagation uses spare time only; see on_activate).
         self._switch_interval: float | None = None  # the process's own, while propagation has changed it
@@ -425,6 +427,7 @@ class ClipSegNode(LifecycleNode):
         prompt_set, settings, engine, cameras = self.prompts.prompt_set, self.settings, self.engine, self.cameras
         if engine is None or prompt_set is None:
             return
+        started = time.monotonic()
         taken = []
         for frame in batch:
             cam, msg = cameras[frame.camera], frame.message
@@ -450,11 +453,20 @@ class ClipSegNode(LifecycleNode):
         if engine.oom_retries != oom_retries:
             self.log.warning("oom", "out of GPU memory: freed the cache and retried in smaller batches (fewer "
                              "prompts, fewer cameras or dtype float16 would avoid it)")
+        took = time.monotonic() - started
+        self._model_s = took if self._model_s is None else 0.7 * self._model_s + 0.3 * took
         work = ModelWork(tuple(taken), inferred, prompt_set, settings, engine)
         if self._outputs is None:
             self._deliver(work)
         else:
             self._outputs.hand(work)  # False: stopped meanwhile (deactivate, shutdown): not published, as said then
+
+    def _next_model_start(self) -> float:
+        """Model thread, after handing a batch over: when to take the next frame. At once while
+        the model is the slower stage; when the outputs are, so that the model's result is ready
+        as the outputs thread becomes free (a frame taken earlier would only wait, getting older)."""
+        model_s = self._model_s or 0.0
+        return self._outputs.free_at() - model_s
 
     def _segmentation_failed(self, taken, exc: Exception, engine: SegmentationEngine) -> None:
         reason = failure_line(exc)

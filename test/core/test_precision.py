@@ -32,7 +32,8 @@ HASWELL = CpuFeatures("Intel Xeon", frozenset({"avx", "avx2", "fma"}))
     (EPYC_GENOA, False, True, "bfloat16", torch.bfloat16, "", "avx512_bf16"),
     (CASCADE_LAKE, False, True, "int8", torch.float32, "torchao", "avx512_vnni"),
     (CASCADE_LAKE, False, False, "float32", torch.float32, "", "neither onnxruntime nor torchao"),
-    (HASWELL, True, True, "float32", torch.float32, "", "neither native bf16 nor int8"),
+    (HASWELL, True, True, "int8", torch.float32, "onnxruntime", "AVX2 but neither native bf16 nor int8"),
+    (HASWELL, False, True, "float32", torch.float32, "", "onnxruntime for AVX2's int8 is not installed"),
 ])
 def test_auto_follows_the_cpu(cpu, onnxruntime, torchao, name, rest, vision_int8, flag):
     p = choose_precision("auto", CPU, cpu, has_torchao=torchao, has_onnxruntime=onnxruntime)
@@ -254,7 +255,9 @@ def test_the_int8_graph_takes_a_batch_of_cameras(engines):
     batch = engine.segment_batch([first, second], prompts)
     for image, result in zip((first, second), batch):
         alone = engine.segment(image, prompts)
-        assert np.array_equal(result.masks, alone.masks)
+        # within one uint8 step: the decoder's float32 batch of two frames rounds its last bits
+        # differently from a batch of one (seen with unsigned int8 weights, 1/255 on one pixel)
+        assert np.abs(result.masks.astype(int) - alone.masks).max() <= 1
 
 
 # ----------------------------------------------------------------------------- issue 19, points 18, 19
@@ -301,13 +304,24 @@ def test_without_cpuinfo_avx512_bf16_implies_vnni(monkeypatch):
         choose_precision("auto", CPU, EPYC_GENOA, has_onnxruntime=True).name == "int8"
 
 
-def test_int8_on_x86_without_vnni_quantises_with_a_reduced_range(tmp_path):
-    """Point 18: explicit int8 on x86 without VNNI used reduce_range=False, which onnxruntime
-    advises against there (u8s8 kernels saturate). The choice is part of the cache key."""
-    from clipseg_ros.core.model.precision import int8_reduce_range
+def test_int8_on_x86_without_vnni_quantises_unsigned_weights(tmp_path):
+    """Point 18: int8 on x86 without VNNI used signed weights, whose u8s8 kernels saturate
+    there. Unsigned (u8u8) weights cannot; the 7-bit cure agreed less (98.87% against 99.43% of
+    mask pixels on an AVX2-only EPYC). The choice is part of the cache key."""
+    from clipseg_ros.core.model.precision import int8_weight_type
 
-    assert int8_reduce_range(HASWELL, "x86_64") and not int8_reduce_range(CASCADE_LAKE, "x86_64")
-    assert not int8_reduce_range(HASWELL, "aarch64")
+    assert int8_weight_type(HASWELL, "x86_64") == "uint8" and int8_weight_type(CASCADE_LAKE, "x86_64") == "int8"
+    assert int8_weight_type(HASWELL, "aarch64") == "int8"
+
+
+def test_auto_without_avx2_or_off_x86_stays_float32():
+    old_x86 = CpuFeatures("Intel Core 2", frozenset({"sse4_2"}))
+    assert choose_precision("auto", CPU, old_x86, has_torchao=True, has_onnxruntime=True).name == "float32"
+    arm = CpuFeatures("Cortex-A72", frozenset({"neon"}))
+    p = choose_precision("auto", CPU, arm, has_torchao=True, has_onnxruntime=True, machine="aarch64")
+    assert p.name == "float32" and p.reason.endswith("(VNNI)")
+    # the AVX2 rule is x86's (an Arm /proc/cpuinfo never lists avx2, but the rule says so itself)
+    assert choose_precision("auto", CPU, HASWELL, has_onnxruntime=True, machine="aarch64").name == "float32"
 
 
 def test_the_graph_cache_key_names_every_library_that_shapes_the_graph(tiny_engine, monkeypatch):
@@ -318,7 +332,7 @@ def test_the_graph_cache_key_names_every_library_that_shapes_the_graph(tiny_engi
 
     vision = tiny_engine.network.model.clip.vision_model
     key = cache_key(vision, 2, [1, 2], 352)
-    assert cache_key(vision, 2, [1, 2], 352, reduce_range=True) != key
+    assert cache_key(vision, 2, [1, 2], 352, weights="uint8") != key
     monkeypatch.setattr(transformers, "__version__", "99.0.0")
     assert cache_key(vision, 2, [1, 2], 352) != key
 

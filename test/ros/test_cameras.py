@@ -225,3 +225,36 @@ def test_worker_threads_carry_their_names_where_the_os_shows_them():
     assert worker.stop(5)
     assert seen["comm"] == "clipseg_outputs"
     assert open(f"/proc/self/task/{os.getpid()}/comm").read().strip() != "clipseg_outputs"
+
+
+def test_worker_takes_its_next_batch_no_earlier_than_ready_at_says():
+    """A pipelined node's model thread, when the outputs are the slower stage, waits before its
+    next frame (and takes the newer frame that arrived meanwhile)."""
+    slots = FrameSlots(1)
+    taken = []
+    worker = FrameWorker(slots, lambda batch: taken.append((time.monotonic(), batch[0].message)), rate=lambda: 0.0,
+                         on_error=lambda exc: None, ready_at=lambda: time.monotonic() + 0.4)
+    worker.start()
+    slots.put(Frame(0, "first", 0.0))
+    wait_for(lambda: taken, 5, what="the first batch")
+    slots.put(Frame(0, "second", 0.0))
+    time.sleep(0.1)  # a camera's later frame, within the wait
+    slots.put(Frame(0, "third", 0.0))
+    wait_for(lambda: len(taken) == 2, 5, what="the next batch")
+    assert worker.stop(5)
+    assert taken[1][1] == "third"  # the newest frame when it was time, not the one waiting at once
+    assert taken[1][0] - taken[0][0] >= 0.39
+
+
+def test_outputs_worker_says_when_it_will_be_free():
+    release = threading.Event()
+    worker = OutputWorker(lambda item: release.wait(10), lambda exc: None)
+    worker.start()
+    now = time.monotonic()
+    assert worker.free_at() == pytest.approx(now, abs=0.05)  # idle
+    worker.load.busy_s = 2.0  # as if its items took 2 s each
+    worker.hand(1)
+    wait_for(lambda: worker._busy, 5, what="the item taken")
+    assert worker.free_at() == pytest.approx(now + 2.0, abs=0.1)
+    release.set()
+    assert worker.stop(5)

@@ -24,7 +24,7 @@ from typing import Sequence
 
 import torch
 
-from clipseg_ros.core.model.precision import Precision, cpu_features, int8_reduce_range, quantize_vision_int8
+from clipseg_ros.core.model.precision import Precision, cpu_features, int8_weight_type, quantize_vision_int8
 
 
 def _call_layer(layer: torch.nn.Module, hidden: torch.Tensor) -> torch.Tensor:
@@ -117,27 +117,27 @@ class ClipSegNetwork:
                            f"only: vision encoder in torch {_name(precision.encoders)}"), None
         threads = torch.get_num_threads()
         try:
-            reduce_range = int8_reduce_range(cpu_features())
+            weights = int8_weight_type(cpu_features())
             path = graph_path(self.model.clip.vision_model, self.vision_depth, self.extract_layers, size, cache_dir,
-                              reduce_range)
+                              weights)
             self.onnx_vision_path = path
             self.onnx_vision = load_cached(path, threads)
             if self.onnx_vision is not None:
                 self.onnx_vision_cached = True
                 return precision, None
-            return precision, (copy.deepcopy(self.model), path, size, threads, reduce_range)
+            return precision, (copy.deepcopy(self.model), path, size, threads, weights)
         except Exception as exc:  # noqa: BLE001 - no cache directory, no memory for the copy, ...
             return _without_onnx(precision, exc), None
 
     def _export_onnx_vision(self, precision: Precision, float32_model, path, size: int, threads: int,
-                            reduce_range: bool) -> None:
+                            weights: str) -> None:
         """Export, quantise and load the graph; the vision pass switches to it from the next frame.
         On any failure the vision pass stays in torch and the precision says why."""
         from clipseg_ros.core.model.onnx_vision import OnnxVisionPass, export_int8
 
         try:
             exporter = ClipSegNetwork(float32_model, torch.device("cpu"), Precision("float32", torch.float32, torch.float32))
-            export_int8(exporter.model, exporter._encode_pixels_torch, size, path, reduce_range)
+            export_int8(exporter.model, exporter._encode_pixels_torch, size, path, weights)
             self.onnx_vision = OnnxVisionPass(path, threads)
             self.precision = precision
         except Exception as exc:  # noqa: BLE001 - any export failure: the vision pass stays in torch

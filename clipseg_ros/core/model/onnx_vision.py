@@ -52,7 +52,7 @@ def default_cache_dir() -> Path:
 
 
 def cache_key(vision_model: torch.nn.Module, layers_run: int, extract_layers: Sequence[int], size: int,
-              reduce_range: bool = False) -> str:
+              weights: str = "int8") -> str:
     """A digest of everything the exported graph depends on: the weights and config, the layers
     and size, the quantisation, and the versions of every library that shapes the graph
     (transformers' code is what is traced)."""
@@ -64,7 +64,7 @@ def cache_key(vision_model: torch.nn.Module, layers_run: int, extract_layers: Se
     digest.update(json.dumps({"format": EXPORT_FORMAT, "layers": layers_run, "extract": list(extract_layers),
                               "size": size, "torch": torch.__version__, "onnxruntime": onnxruntime.__version__,
                               "onnx": onnx.__version__, "transformers": transformers.__version__,
-                              "reduce_range": bool(reduce_range),
+                              "weights": weights,
                               "config": vision_model.config.to_json_string()}, sort_keys=True).encode())
     for name, tensor in sorted(vision_model.state_dict().items()):
         digest.update(name.encode())
@@ -109,17 +109,21 @@ def export_float32(model: torch.nn.Module, encode: Callable[[torch.Tensor], list
             config._attn_implementation = saved[key]
 
 
-def quantize_int8(float_path: Path, int8_path: Path, reduce_range: bool = False) -> None:
-    """Dynamic int8 (int8 weights, activations quantised per call) of the graph at ``float_path``;
-    ``reduce_range``: 7-bit weights (see :func:`clipseg_ros.core.model.precision.int8_reduce_range`)."""
+def quantize_int8(float_path: Path, int8_path: Path, weights: str = "int8") -> None:
+    """Dynamic int8 (8-bit weights, activations quantised per call to uint8) of the graph at
+    ``float_path``; ``weights``: ``int8`` or ``uint8`` (see
+    :func:`clipseg_ros.core.model.precision.int8_weight_type`)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
+    if weights not in ("int8", "uint8"):
+        raise ValueError(f"weights must be 'int8' or 'uint8', not {weights!r}")
     with _without_preprocessing_advice():
-        quantize_dynamic(str(float_path), str(int8_path), weight_type=QuantType.QInt8, reduce_range=reduce_range)
+        quantize_dynamic(str(float_path), str(int8_path),
+                         weight_type=QuantType.QInt8 if weights == "int8" else QuantType.QUInt8)
 
 
 def export_int8(model: torch.nn.Module, encode: Callable[[torch.Tensor], list[torch.Tensor]], size: int,
-                path: Path, reduce_range: bool = False) -> None:
+                path: Path, weights: str = "int8") -> None:
     """:func:`export_float32`, then :func:`quantize_int8` into ``path`` (atomically)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     for stale in path.parent.glob(".export_*"):  # left by a process killed while exporting
@@ -128,7 +132,7 @@ def export_int8(model: torch.nn.Module, encode: Callable[[torch.Tensor], list[to
     with tempfile.TemporaryDirectory(dir=path.parent, prefix=".export_") as tmp:
         float_path, int8_path = Path(tmp) / "vision.onnx", Path(tmp) / "vision_int8.onnx"
         export_float32(model, encode, size, float_path)
-        quantize_int8(float_path, int8_path, reduce_range)
+        quantize_int8(float_path, int8_path, weights)
         os.replace(int8_path, path)
 
 
@@ -174,10 +178,10 @@ class OnnxVisionPass:
 
 
 def graph_path(vision_model: torch.nn.Module, layers_run: int, extract_layers: Sequence[int], size: int,
-               cache_dir: Path | None = None, reduce_range: bool = False) -> Path:
+               cache_dir: Path | None = None, weights: str = "int8") -> Path:
     """Where this model's int8 vision graph is (or will be) cached. Call it on the float32 weights."""
     cache_dir = default_cache_dir() if cache_dir is None else Path(cache_dir)
-    key = cache_key(vision_model, layers_run, extract_layers, size, reduce_range)
+    key = cache_key(vision_model, layers_run, extract_layers, size, weights)
     return cache_dir / "onnx" / f"vision_int8_{key}.onnx"
 
 
