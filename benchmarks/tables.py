@@ -213,7 +213,39 @@ def headline(d: dict) -> str:
     ])
 
 
+def live_engine(d: dict) -> str:
+    """The engine's ms per stage with ``auto`` beside the blog usage, from bench_live.py."""
+    return _table(["prompts", "preprocess", "vision", "decoder", "post", "engine (ms)", "HF blog usage (ms)", "vs blog"],
+                  "rrrrrrrr", [[r["prompts"], _f(r["preprocess_ms"]), _f(r["vision_ms"]), _f(r["decoder_ms"]),
+                                _f(r["post_ms"]), _f(r["total_ms"]), _f(d["blog_usage_ms"][str(r["prompts"])]),
+                                _x(d["blog_usage_ms"][str(r["prompts"])] / r["total_ms"], 1)] for r in d["engine"]])
+
+
+def _cores(r: dict, name: str) -> str:
+    return _f(r["cores_by_thread"].get(name, 0.0), 2)
+
+
+def live_node(d: dict) -> str:
+    """The real node, pipelined or not, one frame at a time and under the 30 Hz camera."""
+    rows = [["on" if r["pipeline"] else "off", r["prompts"], _f(r["end_to_end_ms_p50"], 0), _x(r["end_to_end_vs_blog"], 1),
+             _f(r["outputs_per_s"], 2), f"{r['latency_ms_p50']:.0f} / {r['latency_ms_p95']:.0f}",
+             _cores(r, "clipseg_inferen"), _cores(r, "clipseg_outputs"), _cores(r, "executor")] for r in d["node"]]
+    return _table(["pipeline", "prompts", "end to end p50 (ms)", "vs blog", "outputs/s at 30 Hz",
+                   "latency p50 / p95 (ms)", "cores: model", "outputs", "executor"], "lrrrrrrrr", rows)
+
+
+def live_first_start(d: dict) -> str:
+    """A node's first start under the running camera, with an empty and a prepared graph cache."""
+    first = d["first_start"]
+    rows = [[which, _f(first[key]["first_output_s"]), _f(first[key]["outputs_per_s"], 2),
+             f"{first[key]['latency_ms_p50']:.0f} / {first[key]['latency_ms_p95']:.0f}"]
+            for which, key in (("empty", "empty_cache"), ("prepared (`clipseg-prepare`)", "prepared_cache"))]
+    return _table([f"graph cache (`dtype` {first['dtype']}, {first['prompts']} prompts)", "start to first output (s)",
+                   f"outputs/s in the next {d['window_s']:g} s", "latency p50 / p95 (ms)"], "lrrr", rows)
+
+
 RENDERERS = {f.__name__.replace("_", "-"): f for f in (
+    live_engine, live_node, live_first_start,
     engine, precision_engine, precision_agreement, precision_node, onnx_probe, node_overhead, propagation_accuracy,
     propagation_node, label_speed, label_memory, spatial, consumers, soak, headline, refine_scenes, refine_summary, refine_cost,
     refine_radii)}

@@ -12,8 +12,13 @@ handles parameters, lifecycle, diagnostics, ``~/prompts`` and ``~/set_thresholds
 example image (a full vision pass) runs on the prompt interfaces' helper thread, so the rest
 stays answered meanwhile whatever executor spins the node. (rclpy's MultiThreadedExecutor would
 separate them too, but under the short soak's two cameras at 45 Hz its output fell from 5 to
-1-2.6 Hz per window.) One worker thread runs the throttled inference loop; with ``propagate`` a
-second, lower-priority one carries masks to the frames in between.
+1-2.6 Hz per window.) One worker thread runs the throttled inference loop (decoding a frame and
+the model); with ``pipeline`` (the default) an outputs thread makes each batch's outputs
+(post-processing, smoothing, objects, 3D, messages, publishing) while the model segments the next
+frame, one batch at a time and in order; with ``propagate`` a lower-priority thread carries masks
+to the frames in between. ``top -H`` shows them as clipseg_inferen(ce), clipseg_outputs and
+clipseg_propag(ation) (torch's and onnxruntime's pool threads take the name of the thread that
+started them).
 """
 
 from __future__ import annotations

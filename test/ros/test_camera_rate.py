@@ -165,7 +165,11 @@ def test_without_spare_model_time_propagation_keeps_to_its_budget(node, client):
         first_of_model = len({round(stamp(m) - m.model_frame_age, 3) for m in carried})
         extra = len(carried) - first_of_model
         assert extra <= cap * 3.0 * 1.5 + 2, (extra, len(carried), cap)  # the cap moves with the measured cost
-        assert any(not m.propagated for m in segs)  # the model goes on
+        # The model goes on: outputs come from new model frames (published as they are, or, when
+        # a propagated frame overtook one while its outputs were made, carried to the newest frame)
+        sources = {round(stamp(m) - m.model_frame_age, 3) for m in segs if m.propagated}
+        assert len(sources) + sum(not m.propagated for m in segs) >= 3, [(m.propagated, m.model_frame_age)
+                                                                          for m in segs]
     finally:
         assert all(r.successful for r in client.set_params(NODE, rate=1.0, propagation_budget=0.1))
     wait_for(lambda: propagation_state(arrays, lambda: cam.publish(image))() == "running", 30, 0.03,

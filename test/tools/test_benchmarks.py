@@ -23,6 +23,7 @@ def run_script(name: str, *args: str, timeout: float = 400) -> subprocess.Comple
     ("bench_precision.py", ["--quick", "--seconds", "3"], ["engine", "agreement", "node", "auto"]),
     ("bench_propagation.py", ["--quick", "--seconds", "3"], ["motion", "cost_640x480_8_prompts", "node", "flicker"]),
     ("bench_consumers.py", ["--quick", "--repeats", "1"], ["rows", "vision_msgs"]),
+    ("bench_live.py", ["--quick", "--seconds", "2"], ["blog_usage_ms", "engine", "node", "first_start"]),
 ])
 def test_benchmark_runs_and_writes_its_json(script, args, keys, tmp_path):
     out = tmp_path / "result.json"
@@ -37,6 +38,15 @@ def test_benchmark_runs_and_writes_its_json(script, args, keys, tmp_path):
         cold = [("auto", "empty")] if "(onnxruntime)" in result["auto"] else []  # a first start, then later ones
         assert [(n["dtype"], n["graph_cache"]) for n in result["node"]] == cold + [("auto", "filled"),
                                                                                   ("float32", "filled")]
+    if script == "bench_live.py":
+        assert [(r["pipeline"], r["prompts"]) for r in result["node"]] == [(p, n) for p in (True, False)
+                                                                             for n in (1, 4, 8)]
+        assert all(r["outputs"] > 0 and r["end_to_end_ms_p50"] > 0 for r in result["node"])
+        piped = result["node"][0]
+        assert "clipseg_inferen" in piped["cores_by_thread"] and "ms a cycle" in piped["outputs_thread"]
+        assert result["node"][3]["outputs_thread"].startswith("off")
+        first = result["first_start"]
+        assert first["empty_cache"]["outputs"] > 0 and first["prepared_cache"]["first_output_s"] > 0
     if script == "bench_consumers.py":
         assert [r["size"] for r in result["rows"]] == ["640x480", "1280x720"]
         assert all(r["objects_cloud_points"] > 0 and r["aligned_cloud_points"] == int(r["size"].split("x")[0]) *

@@ -203,7 +203,7 @@ def choose_precision(dtype: str, device: torch.device, cpu: CpuFeatures | None =
     if "avx2" in cpu.flags and has_onnxruntime and _is_x86(machine):
         return Precision("int8", torch.float32, torch.float32, vision_int8="onnxruntime",
                          reason="auto: this CPU has AVX2 but neither native bf16 nor int8 dot products (VNNI): "
-                                "the vision encoder in dynamic int8 (onnxruntime, unsigned weights), text encoder "
+                                "the vision encoder in dynamic int8 (onnxruntime) with unsigned weights, text encoder "
                                 "and decoder in float32")
     return Precision("float32", torch.float32, torch.float32,
                      reason="auto: this CPU has neither native bf16 nor int8 dot products (VNNI)"
