@@ -229,9 +229,11 @@ def live_node(d: dict) -> str:
     """The real node, pipelined or not, one frame at a time and under the 30 Hz camera."""
     rows = [["on" if r["pipeline"] else "off", r["prompts"], _f(r["end_to_end_ms_p50"], 0), _x(r["end_to_end_vs_blog"], 1),
              _f(r["outputs_per_s"], 2), f"{r['latency_ms_p50']:.0f} / {r['latency_ms_p95']:.0f}",
-             _cores(r, "clipseg_inferen"), _cores(r, "clipseg_outputs"), _cores(r, "executor")] for r in d["node"]]
+             _cores(r, "clipseg_inferen"), _cores(r, "python"), _cores(r, "clipseg_outputs") if r["pipeline"] else "",
+             _cores(r, "executor")] for r in d["node"]]
     return _table(["pipeline", "prompts", "end to end p50 (ms)", "vs blog", "outputs/s at 30 Hz",
-                   "latency p50 / p95 (ms)", "cores: model", "outputs", "executor"], "lrrrrrrrr", rows)
+                   "latency p50 / p95 (ms)", "cores: model thread", "pool threads", "outputs thread", "executor"],
+                  "lrrrrrrrrr", rows)
 
 
 def live_first_start(d: dict) -> str:
@@ -244,8 +246,36 @@ def live_first_start(d: dict) -> str:
                    f"outputs/s in the next {d['window_s']:g} s", "latency p50 / p95 (ms)"], "lrrr", rows)
 
 
+def int8_weights(d: dict) -> str:
+    """Speed and agreement of the int8 weight types on one CPU (int8_weights.py)."""
+    rows = []
+    for r in d["rows"]:
+        agree = r["variant"] != "float32"
+        rows.append([r["variant"] + (" (chosen here)" if r["variant"] == d["chosen"] else ""), _f(r["vision_ms"]),
+                     _f(r["total_ms"]), _x(r["speedup_vs_float32"]),
+                     f"{r['mask_agreement']:.2%}" if agree else "", f"{r['worst_mask_agreement']:.2%}" if agree else "",
+                     f"{r['worst_iou']:.3f}" if agree else "", f"{r['lost_objects']} of {r['objects']}" if agree else "",
+                     ("yes" if r["meets_goal"] else "no") if agree else ""])
+    return _table([f"vision encoder, {d['prompts']} prompts ({d['cpu']})", "vision (ms)", "frame (ms)", "vs float32",
+                   "mask pixels agreeing", "worst frame-and-prompt", "worst IoU", "objects lost", "meets the goal"],
+                  "lrrrrrrrl", rows)
+
+
+def live_headline(d: dict) -> str:
+    """The front page's: 8 prompts under the 30 Hz camera, pipelined or not, and the first start."""
+    eight = {r["pipeline"]: r for r in d["node"] if r["prompts"] == 8}
+    first = d["first_start"]
+    return _table(["8 prompts, 640x480, 2 CPU cores (" + d["cpu"] + "), `dtype` auto", "figure"], "lr", [
+        ["node outputs/s, pipeline on / off", f"{eight[True]['outputs_per_s']:.2f} / {eight[False]['outputs_per_s']:.2f}"],
+        ["node latency p50, pipeline on / off (ms)", f"{eight[True]['latency_ms_p50']:.0f} / {eight[False]['latency_ms_p50']:.0f}"],
+        ["node end to end vs the HF blog usage", _x(eight[True]["end_to_end_vs_blog"], 1)],
+        ["first 30 s after the first output, outputs/s: prepared / empty cache",
+         f"{first['prepared_cache']['outputs_per_s']:.2f} / {first['empty_cache']['outputs_per_s']:.2f}"],
+    ])
+
+
 RENDERERS = {f.__name__.replace("_", "-"): f for f in (
-    live_engine, live_node, live_first_start,
+    live_engine, live_node, live_first_start, live_headline, int8_weights,
     engine, precision_engine, precision_agreement, precision_node, onnx_probe, node_overhead, propagation_accuracy,
     propagation_node, label_speed, label_memory, spatial, consumers, soak, headline, refine_scenes, refine_summary, refine_cost,
     refine_radii)}

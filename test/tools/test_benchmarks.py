@@ -24,6 +24,7 @@ def run_script(name: str, *args: str, timeout: float = 400) -> subprocess.Comple
     ("bench_propagation.py", ["--quick", "--seconds", "3"], ["motion", "cost_640x480_8_prompts", "node", "flicker"]),
     ("bench_consumers.py", ["--quick", "--repeats", "1"], ["rows", "vision_msgs"]),
     ("bench_live.py", ["--quick", "--seconds", "2"], ["blog_usage_ms", "engine", "node", "first_start"]),
+    ("int8_weights.py", ["--quick", "--repeats", "1"], ["rows", "chosen"]),
 ])
 def test_benchmark_runs_and_writes_its_json(script, args, keys, tmp_path):
     out = tmp_path / "result.json"
@@ -47,6 +48,9 @@ def test_benchmark_runs_and_writes_its_json(script, args, keys, tmp_path):
         assert result["node"][3]["outputs_thread"].startswith("off")
         first = result["first_start"]
         assert first["empty_cache"]["outputs"] > 0 and first["prepared_cache"]["first_output_s"] > 0
+    if script == "int8_weights.py":
+        assert [r["variant"] for r in result["rows"]][0] == "float32" and len(result["rows"]) == 4
+        assert all(0.9 < r["mask_agreement"] <= 1 for r in result["rows"][1:])
     if script == "bench_consumers.py":
         assert [r["size"] for r in result["rows"]] == ["640x480", "1280x720"]
         assert all(r["objects_cloud_points"] > 0 and r["aligned_cloud_points"] == int(r["size"].split("x")[0]) *

@@ -18,11 +18,11 @@ No ROS in here. :func:`choose_precision` turns the ``dtype`` setting into a :cla
   library, float32.
 - ``auto`` on an x86 CPU with AVX2 but neither int8 dot products nor native bf16, with
   onnxruntime: the vision encoder in onnxruntime's dynamic int8 with unsigned (u8u8) weights,
-  the rest float32. On a 2-core AVX2-only EPYC the vision pass took 445 against 751 ms in
-  float32 (1.6x the frame), with masks agreeing on 99.43% of pixels (worst frame-and-prompt
-  99.31%, worst IoU 0.990, no object lost; random weights). Signed weights make AVX2's u8s8
-  kernels (``vpmaddubsw``) saturate, and their 7-bit cure (``reduce_range``) agreed on 98.87%
-  only, below the 99% goal.
+  the rest float32. On a 2-core AVX2-only EPYC the vision pass took 503 against 785 ms in
+  float32, with masks agreeing on 99.43% of pixels (worst frame-and-prompt 99.31%, worst IoU
+  0.990, no object lost; random weights; ``benchmarks/int8_weights.py``). Signed weights can
+  saturate AVX2's u8s8 kernels (``vpmaddubsw``), and their 7-bit cure (``reduce_range``)
+  agreed on 98.87% only, below the 99% goal.
 - ``auto`` otherwise: float32. bf16 emulated on an AVX2-only CPU ran 6x *slower* than float32.
 - An explicit ``float32``, ``bfloat16``, ``float16`` or ``int8`` always wins (``float16`` keeps
   the decoder in float32 everywhere: correct by construction; ``int8`` is the int8 vision
