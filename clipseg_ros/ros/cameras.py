@@ -155,6 +155,17 @@ def name_this_thread(name: str) -> None:
         _SET_THREAD_NAME(name)
 
 
+def _ended(thread: threading.Thread | None, timeout: float) -> bool:
+    """Wait up to ``timeout`` s for ``thread`` (told to stop) to end; whether it has. A thread
+    stopping itself (from inside its own work) ends after that work: not yet."""
+    if thread is None:
+        return True
+    if thread is threading.current_thread():
+        return False
+    thread.join(timeout=max(0.0, timeout))
+    return not thread.is_alive()
+
+
 class WorkerLoad:
     """How a worker thread spends its time, averaged over its recent cycles (exponentially,
     ``weight`` for the newest): ``spare`` = waiting / (waiting + working), ``busy_s`` = wall
@@ -239,13 +250,7 @@ class FrameWorker:
         """Ask the thread to stop (a frame in flight finishes) and wait up to ``timeout`` s;
         whether it has stopped. Pending frames are dropped."""
         self.request_stop()
-        thread = self._thread
-        if thread is None:
-            return True
-        if thread is threading.current_thread():  # stopping from inside process(): ends after it
-            return False
-        thread.join(timeout=max(0.0, timeout))
-        if thread.is_alive():
+        if not _ended(self._thread, timeout):
             return False
         self._thread = None
         return True
@@ -351,13 +356,7 @@ class OutputWorker:
     def stop(self, timeout: float) -> bool:
         """:meth:`request_stop`, then wait up to ``timeout`` s; whether the thread has ended."""
         self.request_stop()
-        thread = self._thread
-        if thread is None:
-            return True
-        if thread is threading.current_thread():
-            return False
-        thread.join(timeout=max(0.0, timeout))
-        if thread.is_alive():
+        if not _ended(self._thread, timeout):
             return False
         self._thread = None
         return True
