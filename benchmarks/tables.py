@@ -261,6 +261,18 @@ def int8_weights(d: dict) -> str:
                   "lrrrrrrrl", rows)
 
 
+def thread_settings(d: dict) -> str:
+    """The node at 8 prompts per num_threads and pipeline setting (thread_settings.py)."""
+    rows = [["on" if r["pipeline"] else "off",
+             f"{r['num_threads']} ({d['default_threads']}, the default)" if r["num_threads"] == 0 else r["num_threads"],
+             _f(r["end_to_end_ms_p50"], 0), _f(r["outputs_per_s"], 2),
+             f"{r['latency_ms_p50']:.0f} / {r['latency_ms_p95']:.0f}", _cores(r, "clipseg_inferen"), _cores(r, "python"),
+             _cores(r, "clipseg_outputs") if r["pipeline"] else ""] for r in d["rows"]]
+    return _table([f"pipeline ({d['cpu']}, {d['prompts']} prompts)", "num_threads", "end to end p50 (ms)",
+                   "outputs/s at 30 Hz", "latency p50 / p95 (ms)", "cores: model thread", "pool threads",
+                   "outputs thread"], "lrrrrrrr", rows)
+
+
 def live_headline(d: dict) -> str:
     """The front page's: 8 prompts under the 30 Hz camera, pipelined or not, and the first start."""
     eight = {r["pipeline"]: r for r in d["node"] if r["prompts"] == 8}
@@ -275,7 +287,7 @@ def live_headline(d: dict) -> str:
 
 
 RENDERERS = {f.__name__.replace("_", "-"): f for f in (
-    live_engine, live_node, live_first_start, live_headline, int8_weights,
+    live_engine, live_node, live_first_start, live_headline, int8_weights, thread_settings,
     engine, precision_engine, precision_agreement, precision_node, onnx_probe, node_overhead, propagation_accuracy,
     propagation_node, label_speed, label_memory, spatial, consumers, soak, headline, refine_scenes, refine_summary, refine_cost,
     refine_radii)}

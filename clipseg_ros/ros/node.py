@@ -13,7 +13,7 @@ example image (a full vision pass) runs on the prompt interfaces' helper thread,
 stays answered meanwhile whatever executor spins the node. (rclpy's MultiThreadedExecutor would
 separate them too, but under the short soak's two cameras at 45 Hz its output fell from 5 to
 1-2.6 Hz per window.) One worker thread runs the throttled inference loop (decoding a frame and
-the model); with ``pipeline`` (the default) an outputs thread makes each batch's outputs
+the model); with ``pipeline`` an outputs thread makes each batch's outputs
 (post-processing, smoothing, objects, 3D, messages, publishing) while the model segments the next
 frame, one batch at a time and in order; with ``propagate`` a lower-priority thread carries masks
 to the frames in between. ``top -H`` shows them as clipseg_inferen(ce), clipseg_outputs and

@@ -81,9 +81,10 @@ def parameter_specs() -> list[tuple[str, object, ParameterDescriptor]]:
         ("publish_overlay", True, desc("publish ~/overlay (bgr8 with legend, for RViz)", B)),
         ("overlay_alpha", 0.5, desc("overlay tint opacity", D, floating_point_range=unit)),
         ("mask_resolution", "input", desc("input (masks at camera size) | model (352x352)", S)),
-        ("pipeline", True, desc("post-processing, objects, 3D, messages and publishing of a frame run on their own "
-                                "thread while the model segments the next one (false: one thread does both in "
-                                "turn)", B, True)),
+        ("pipeline", False, desc("post-processing, objects, 3D, messages and publishing of a frame run on their own "
+                                 "thread while the model segments the next one (more outputs/s where the model "
+                                 "leaves the CPU free, e.g. on a GPU; on a CPU the model fills, latency grows: "
+                                 "false, one thread does both in turn)", B, True)),
         ("num_threads", 0, desc("torch CPU threads (0 = torch default)", I,
                                 integer_range=[IntegerRange(from_value=0, to_value=256, step=1)])),
         ("max_image_pixels", 4096 * 4096, desc("larger camera frames and prompt images are refused with a warning "
