@@ -42,6 +42,8 @@ from bench_precision import PROMPTS, blog_usage_ms, stage_times  # noqa: E402
 from camera_run import NodeNeverAnswered, play, start_node  # noqa: E402
 from results_file import cpu_name, write_results  # noqa: E402
 
+from clipseg_ros.tools.child_node import interrupt  # noqa: E402
+
 PROMPT_COUNTS = (1, 4, 8)
 CAMERA_HZ = 30.0
 
@@ -190,8 +192,6 @@ def started_node(bench: Bench, model: str, prompts, prefix: str, attempts: int =
             return node, log, time.monotonic() - started
         except NodeNeverAnswered as exc:
             print(f"{exc}: starting a new node", flush=True)
-            from clipseg_ros.tools.child_node import interrupt
-
             interrupt(node, 15)
     raise NodeNeverAnswered(f"no node answered in {attempts} attempts")
 
@@ -213,8 +213,6 @@ def node_runs(bench: Bench, model: str, pipeline: bool, seconds: float, e2e_fram
                   f"{CAMERA_HZ:g} Hz {window['outputs_per_s']} outputs/s, p50 {window['latency_ms_p50']} ms; "
                   f"cores {window['cores_by_thread']}", flush=True)
     finally:
-        from clipseg_ros.tools.child_node import interrupt
-
         interrupt(node, 15)
     return rows
 
@@ -228,8 +226,6 @@ def first_start(bench: Bench, model: str, dtype: str, cache: str, seconds: float
     try:
         window = camera_window(bench, node.pid, seconds)
     finally:
-        from clipseg_ros.tools.child_node import interrupt
-
         interrupt(node, 15)
         del os.environ["CLIPSEG_ROS_CACHE"]
     row = {"first_output_s": round(first, 2), **window}

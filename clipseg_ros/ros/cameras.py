@@ -118,10 +118,10 @@ class FrameSlots:
         return []
 
 
-def _find_malloc_trim():
-    """glibc's malloc_trim, or None (musl, macOS: nothing to do)."""
+def _libc_function(name: str):
+    """A function of the C library (glibc), or None where it has none (musl, macOS)."""
     try:
-        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+        return getattr(ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6"), name)
     except (OSError, AttributeError):
         return None
 
@@ -130,15 +130,13 @@ def _find_malloc_trim():
 # the freed heap, so RSS wandered by +-30 MB (1150-1219 MiB in a 10 min soak) without a leak.
 # Returning free heap to the OS at most once per second keeps RSS flat; a call costs 8-10 ms next
 # to the full-size model on 2 cores (2.4 ms with the tiny one), so at most 1% of one core.
-_MALLOC_TRIM = _find_malloc_trim()
+_MALLOC_TRIM = _libc_function("malloc_trim")
 TRIM_PERIOD_S = 1.0
 
 
 def _find_set_thread_name():
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        set_name, self_id = libc.pthread_setname_np, libc.pthread_self
-    except (OSError, AttributeError):
+    set_name, self_id = _libc_function("pthread_setname_np"), _libc_function("pthread_self")
+    if set_name is None or self_id is None:
         return None
     set_name.argtypes, self_id.restype = [ctypes.c_ulong, ctypes.c_char_p], ctypes.c_ulong
     return lambda name: set_name(self_id(), name.encode()[:15])

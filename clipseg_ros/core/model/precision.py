@@ -200,15 +200,15 @@ def choose_precision(dtype: str, device: torch.device, cpu: CpuFeatures | None =
         return Precision("float32", torch.float32, torch.float32,
                          reason=f"auto: int8 would suit this CPU ({cpu.int8_dot}) but neither onnxruntime nor "
                                 "torchao is installed")
-    if "avx2" in cpu.flags and has_onnxruntime and _is_x86(machine):
+    avx2 = "avx2" in cpu.flags and _is_x86(machine)
+    if avx2 and has_onnxruntime:
         return Precision("int8", torch.float32, torch.float32, vision_int8="onnxruntime",
                          reason="auto: this CPU has AVX2 but neither native bf16 nor int8 dot products (VNNI): "
                                 "the vision encoder in dynamic int8 (onnxruntime) with unsigned weights, text encoder "
                                 "and decoder in float32")
     return Precision("float32", torch.float32, torch.float32,
                      reason="auto: this CPU has neither native bf16 nor int8 dot products (VNNI)"
-                            + ("" if "avx2" not in cpu.flags or not _is_x86(machine)
-                               else ", and onnxruntime for AVX2's int8 is not installed"))
+                            + (", and onnxruntime for AVX2's int8 is not installed" if avx2 else ""))
 
 
 def quantize_vision_int8(vision_encoder: torch.nn.Module) -> None:
