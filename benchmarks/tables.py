@@ -261,6 +261,28 @@ def int8_weights(d: dict) -> str:
                   "lrrrrrrrl", rows)
 
 
+def part_runtimes(d: dict) -> str:
+    """Each part of the model in what auto runs and in the alternatives (part_runtimes.py)."""
+    rows = []
+    for part, key in (("vision encoder", "vision_ms"), ("decoder", "decoder_ms"), ("text encoder", "text_ms")):
+        found = d[part.split()[0]]["rows"]
+        for variant in dict.fromkeys(r["variant"] for r in found):
+            mine = [r for r in found if r["variant"] == variant]
+            at8 = next((r for r in mine if r.get("prompts", 8) == 8), mine[-1])
+            agree = "mask_agreement" in at8
+            rows.append([part, variant, " / ".join(_f(r[key]) for r in mine),
+                         _x(at8["gain_vs_auto"]) if "gain_vs_auto" in at8 else "",
+                         f"{at8['mask_agreement']:.2%}" if agree else "", f"{at8['worst_iou']:.3f}" if agree else "",
+                         f"{at8['lost_objects']} of {at8['objects']}" if agree else "",
+                         ("yes" if at8["meets_goal"] else "no") if agree else "",
+                         ("yes" if at8["better"] else "no") if "better" in at8 else
+                         (f"once per prompt change: {at8['saved_ms_per_prompt_change']:g} ms saved"
+                          if "saved_ms_per_prompt_change" in at8 else "")])
+    return _table([f"part ({d['cpu']}, {d['prompts']} prompts)", "runtime", "ms (decoder: N = 1 / 4 / 8)",
+                   "speed vs auto's", "mask pixels agreeing", "worst IoU", "objects lost", "meets the goal",
+                   f"a candidate for auto (goal and >= {d['min_gain']:.2f}x)"], "llrrrrrll", rows)
+
+
 def thread_settings(d: dict) -> str:
     """The node at 8 prompts per num_threads and pipeline setting (thread_settings.py)."""
     rows = [["on" if r["pipeline"] else "off",
@@ -287,7 +309,7 @@ def live_headline(d: dict) -> str:
 
 
 RENDERERS = {f.__name__.replace("_", "-"): f for f in (
-    live_engine, live_node, live_first_start, live_headline, int8_weights, thread_settings,
+    live_engine, live_node, live_first_start, live_headline, int8_weights, part_runtimes, thread_settings,
     engine, precision_engine, precision_agreement, precision_node, onnx_probe, node_overhead, propagation_accuracy,
     propagation_node, label_speed, label_memory, spatial, consumers, soak, headline, refine_scenes, refine_summary, refine_cost,
     refine_radii)}

@@ -25,6 +25,7 @@ def run_script(name: str, *args: str, timeout: float = 400) -> subprocess.Comple
     ("bench_consumers.py", ["--quick", "--repeats", "1"], ["rows", "vision_msgs"]),
     ("bench_live.py", ["--quick", "--seconds", "2"], ["blog_usage_ms", "engine", "node", "first_start"]),
     ("int8_weights.py", ["--quick", "--repeats", "1"], ["rows", "chosen"]),
+    ("part_runtimes.py", ["--quick", "--rounds", "1"], ["vision", "decoder", "text", "auto"]),
 ])
 def test_benchmark_runs_and_writes_its_json(script, args, keys, tmp_path):
     out = tmp_path / "result.json"
@@ -51,6 +52,14 @@ def test_benchmark_runs_and_writes_its_json(script, args, keys, tmp_path):
     if script == "int8_weights.py":
         assert [r["variant"] for r in result["rows"]][0] == "float32" and len(result["rows"]) == 4
         assert all(0.9 < r["mask_agreement"] <= 1 for r in result["rows"][1:])
+    if script == "part_runtimes.py":
+        vision = result["vision"]["rows"]
+        assert [r["variant"] for r in vision][:2] == ["float32 (torch)", "auto: int8"] and len(vision) == 5
+        assert [r["prompts"] for r in result["decoder"]["rows"]] == [1] * 3 + [4] * 3 + [8] * 3
+        per_frame = vision[2:] + result["decoder"]["rows"][-2:]
+        assert all(0.9 < r["mask_agreement"] <= 1 and isinstance(r["better"], bool) for r in per_frame)
+        assert "saved_ms_per_prompt_change" in result["text"]["rows"][1]
+        assert result["text"]["rows"][1]["max_embedding_difference"] < 1e-3  # the same float32 maths
     if script == "bench_consumers.py":
         assert [r["size"] for r in result["rows"]] == ["640x480", "1280x720"]
         assert all(r["objects_cloud_points"] > 0 and r["aligned_cloud_points"] == int(r["size"].split("x")[0]) *

@@ -85,28 +85,42 @@ class _VisionPass(torch.nn.Module):
         return tuple(self._encode(pixels))
 
 
+@contextlib.contextmanager
+def eager_attention(model: torch.nn.Module):
+    """Every attention in ``model`` set to transformers' eager implementation for the duration.
+    The exporter has no rule for PyTorch's fused attention at this opset; eager attention is the
+    same computation. Restored afterwards: torch keeps using the fused kernel."""
+    configs = {id(m.config): m.config for m in model.modules() if hasattr(getattr(m, "config", None), "_attn_implementation")}
+    saved = {key: config._attn_implementation for key, config in configs.items()}
+    try:
+        for config in configs.values():
+            config._attn_implementation = "eager"
+        yield
+    finally:
+        for key, config in configs.items():
+            config._attn_implementation = saved[key]
+
+
+def export_graph(module: torch.nn.Module, inputs: tuple, path: Path, input_names: Sequence[str],
+                 output_names: Sequence[str], dynamic_axes: dict | None = None) -> None:
+    """``module`` (whose model is a registered submodule, so the exporter sees its weights) traced
+    on ``inputs`` into an ONNX graph at ``path`` (opset 17, eager attention)."""
+    with eager_attention(module), warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer notes
+        torch.onnx.export(module, inputs, str(path), dynamo=False, opset_version=17, input_names=list(input_names),
+                          output_names=list(output_names), dynamic_axes=dynamic_axes)
+
+
 def export_float32(model: torch.nn.Module, encode: Callable[[torch.Tensor], list[torch.Tensor]], size: int,
                    path: Path) -> None:
     """Export ``encode`` (float32, one ``size`` x ``size`` frame) as an ONNX graph at ``path``. The
     batch is fixed at 1: a dynamic batch axis made the int8 pass ~20% slower (245 against 200 ms,
     interleaved runs), and frames run one at a time anyway (:class:`OnnxVisionPass`)."""
-    # The exporter has no rule for PyTorch's fused attention at this opset; eager attention is the
-    # same computation. Restored afterwards: torch keeps using the fused kernel.
-    configs = {id(m.config): m.config for m in model.modules() if hasattr(getattr(m, "config", None), "_attn_implementation")}
-    saved = {key: config._attn_implementation for key, config in configs.items()}
     pixels = torch.zeros(1, 3, size, size)
-    try:
-        for config in configs.values():
-            config._attn_implementation = "eager"
-        with warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer notes
-            module = _VisionPass(model, encode)
-            outputs = [f"layer{i}" for i in range(len(module(pixels)))]
-            torch.onnx.export(module, (pixels,), str(path), dynamo=False, opset_version=17,
-                              input_names=["pixels"], output_names=outputs)
-    finally:
-        for key, config in configs.items():
-            config._attn_implementation = saved[key]
+    module = _VisionPass(model, encode)
+    with eager_attention(model), torch.no_grad():
+        outputs = [f"layer{i}" for i in range(len(module(pixels)))]
+    export_graph(module, (pixels,), path, ["pixels"], outputs)
 
 
 def quantize_int8(float_path: Path, int8_path: Path, weights: str = "int8") -> None:
