@@ -77,10 +77,7 @@ def main(argv=None) -> int:
         row = {"variant": name, **{f"{s}_ms": round(statistics.median(t[s] for t in timings[name]), 1)
                                    for s in (*STAGES, "total")}}
         if name != "float32":
-            a = measure_agreement(engines["float32"], e, images, PROMPTS)
-            row.update(mask_agreement=round(a.mask_agreement, 4), worst_mask_agreement=round(a.worst_mask_agreement, 4),
-                       worst_iou=round(a.worst_iou, 4), objects=a.objects, lost_objects=a.lost_objects,
-                       max_probability_difference=round(a.max_probability_difference, 3), meets_goal=a.meets_goal)
+            row.update(measure_agreement(engines["float32"], e, images, PROMPTS).as_row())
         rows.append(row)
         print(row, flush=True)
     fp32 = rows[0]["total_ms"]

@@ -79,11 +79,8 @@ def session(path: Path):
     """An onnxruntime session set up as the product's (:class:`onnx_vision.OnnxVisionPass`)."""
     import onnxruntime as ort
 
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = torch.get_num_threads()
-    options.inter_op_num_threads = 1
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(str(path), onnx_vision.session_options(torch.get_num_threads()),
+                                providers=["CPUExecutionProvider"])
 
 
 def timed_ms(fn, rounds: int) -> list[float]:
@@ -96,10 +93,7 @@ def timed_ms(fn, rounds: int) -> list[float]:
 
 
 def agreement_row(reference: SegmentationEngine, candidate: SegmentationEngine, images) -> dict:
-    a = measure_agreement(reference, candidate, images, PROMPTS)
-    return dict(mask_agreement=round(a.mask_agreement, 4), worst_mask_agreement=round(a.worst_mask_agreement, 4),
-                worst_iou=round(a.worst_iou, 4), objects=a.objects, lost_objects=a.lost_objects,
-                max_probability_difference=round(a.max_probability_difference, 3), meets_goal=a.meets_goal)
+    return measure_agreement(reference, candidate, images, PROMPTS).as_row()
 
 
 # ---------------------------------------------------------------------------------- vision

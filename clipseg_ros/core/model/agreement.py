@@ -51,6 +51,12 @@ class Agreement:
     def meets_goal(self) -> bool:
         return self.mask_agreement >= GOAL and self.worst_iou >= IOU_GOAL and self.lost_objects == 0
 
+    def as_row(self) -> dict:
+        """The figures a benchmark's JSON row carries (rounded to what the tables show)."""
+        return dict(mask_agreement=round(self.mask_agreement, 4), worst_mask_agreement=round(self.worst_mask_agreement, 4),
+                    worst_iou=round(self.worst_iou, 4), objects=self.objects, lost_objects=self.lost_objects,
+                    max_probability_difference=round(self.max_probability_difference, 3), meets_goal=self.meets_goal)
+
 
 def compare_results(reference: Sequence[SegmentationResult], candidate: Sequence[SegmentationResult]) -> Agreement:
     """Agreement of ``candidate`` with ``reference`` (the same frames and prompts, in order)."""

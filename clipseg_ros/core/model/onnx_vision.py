@@ -165,6 +165,19 @@ def _without_preprocessing_advice():
         root.removeFilter(advice_dropped)
 
 
+def session_options(threads: int):
+    """onnxruntime's options for a graph that runs beside torch: ``threads`` in the operators'
+    pool, one for the graph, and no spinning between calls (the decoder runs in torch's thread
+    pool right after the vision pass)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = max(1, threads)
+    options.inter_op_num_threads = 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return options
+
+
 class OnnxVisionPass:
     """Runs an exported graph (the cached int8 one): ``(B, 3, size, size)`` float pixels in, the hidden states after
     each extracted layer out (``B, T, hidden`` float32 torch tensors), as
@@ -173,13 +186,8 @@ class OnnxVisionPass:
     def __init__(self, path: Path, threads: int):
         import onnxruntime as ort
 
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = max(1, threads)
-        options.inter_op_num_threads = 1
-        # No spinning between calls: the decoder runs in torch's thread pool right after this.
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.path = path
-        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.session = ort.InferenceSession(str(path), session_options(threads), providers=["CPUExecutionProvider"])
         self.size = int(self.session.get_inputs()[0].shape[-1])
 
     def __call__(self, pixel_values: torch.Tensor) -> list[torch.Tensor]:
