@@ -8,14 +8,14 @@ has one, hand them over as one batch, wait until the next period.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import os
 import re
 import threading
 import time
 from dataclasses import dataclass
 from typing import Callable, Sequence
+
+from clipseg_ros.ros.glibc import name_this_thread, return_free_memory
 
 # Path segments that name an image stream rather than a camera ("/front/color/image_raw" is
 # camera "front_color").
@@ -116,41 +116,6 @@ class FrameSlots:
                     return ready
                 self._cond.wait(timeout=min(delay, poll) if ready else poll)
         return []
-
-
-def _libc_function(name: str):
-    """A function of the C library (glibc), or None where it has none (musl, macOS)."""
-    try:
-        return getattr(ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6"), name)
-    except (OSError, AttributeError):
-        return None
-
-
-# Per frame, inference allocates and frees tens of MB in mixed sizes from two threads; glibc keeps
-# the freed heap, so RSS wandered by +-30 MB (1150-1219 MiB in a 10 min soak) without a leak.
-# Returning free heap to the OS at most once per second keeps RSS flat; a call costs 8-10 ms next
-# to the full-size model on 2 cores (2.4 ms with the tiny one), so at most 1% of one core.
-_MALLOC_TRIM = _libc_function("malloc_trim")
-TRIM_PERIOD_S = 1.0
-
-
-def _find_set_thread_name():
-    set_name, self_id = _libc_function("pthread_setname_np"), _libc_function("pthread_self")
-    if set_name is None or self_id is None:
-        return None
-    set_name.argtypes, self_id.restype = [ctypes.c_ulong, ctypes.c_char_p], ctypes.c_ulong
-    return lambda name: set_name(self_id(), name.encode()[:15])
-
-
-_SET_THREAD_NAME = _find_set_thread_name()
-
-
-def name_this_thread(name: str) -> None:
-    """Give the calling thread ``name`` (first 15 bytes) where the OS shows it: ``top -H``,
-    ``ps -L``, ``/proc/<pid>/task/<tid>/comm`` (Python's own thread names stay inside Python).
-    What each thread costs a robot's CPU can then be read without a profiler."""
-    if _SET_THREAD_NAME is not None:
-        _SET_THREAD_NAME(name)
 
 
 def _ended(thread: threading.Thread | None, timeout: float) -> bool:
@@ -261,7 +226,7 @@ class FrameWorker:
             except (OSError, AttributeError):  # not Linux, or not allowed: run at normal priority
                 pass
         not_before = 0.0
-        last_trim = idle_since = time.monotonic()
+        idle_since = time.monotonic()
         while not stop.is_set():
             batch = self._slots.wait_batch(not_before, stop)
             if not batch:
@@ -277,9 +242,9 @@ class FrameWorker:
                 not_before = max(not_before, self._ready_at())
             idle_since, busy_from = time.monotonic(), idle_since
             self.load.add(started - busy_from, idle_since - started, time.thread_time() - cpu_started)
-            if _MALLOC_TRIM is not None and time.monotonic() - last_trim >= TRIM_PERIOD_S:
-                _MALLOC_TRIM(0)
-                last_trim = time.monotonic()
+        # The heap keeps the frames' buffers mapped while frames come (glibc.keep_frame_buffers_mapped);
+        # a stopped model thread (deactivate, shutdown) gives them back.
+        return_free_memory()
 
 
 class OutputWorker:

@@ -30,6 +30,7 @@ def main(args=None, teardown_deadline_s: float | None = None) -> int:
     must not hang on Ctrl-C because of it."""
     from PIL import Image as PILImage
 
+    from clipseg_ros.ros.glibc import keep_frame_buffers_mapped
     from clipseg_ros.ros.node import ClipSegNode  # after rclpy: the node module imports torch
 
     # Compressed frames are measured from their headers with PIL, which refuses headers over its
@@ -38,11 +39,13 @@ def main(args=None, teardown_deadline_s: float | None = None) -> int:
     interrupts = _Interrupts()
     signal.signal(signal.SIGINT, interrupts)  # rclpy's handlers (installed by init) call these after theirs
     signal.signal(signal.SIGTERM, interrupts)
+    heap = keep_frame_buffers_mapped()  # before the model and the first frame allocate
     rclpy.init(args=args)
     node = None
     status = 0
     try:
         node = ClipSegNode()
+        node.get_logger().info(heap)
         if not node.settings.lifecycle:
             # A failed transition has logged its reason (on_configure names the model and the fix).
             if node.trigger_configure() != TransitionCallbackReturn.SUCCESS:
