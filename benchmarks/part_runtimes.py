@@ -298,6 +298,9 @@ def main(argv=None) -> int:
     from clipseg_ros.core.model.random_checkpoint import make_random_checkpoint
 
     rounds = args.rounds or (2 if args.quick else 7)
+    from clipseg_ros.ros.glibc import keep_frame_buffers_mapped
+
+    keep_frame_buffers_mapped()  # torch's parts measured under the node's own heap setting
     with tempfile.TemporaryDirectory(prefix="clipseg_part_runtimes_") as tmp:
         os.environ["CLIPSEG_ROS_CACHE"] = str(Path(tmp) / "cache")  # auto's own graph, exported for this run
         work = Path(tmp)

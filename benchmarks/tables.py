@@ -283,6 +283,17 @@ def part_runtimes(d: dict) -> str:
                    f"a candidate for auto (goal and >= {d['min_gain']:.2f}x)"], "llrrrrrll", rows)
 
 
+def heap_settings(d: dict) -> str:
+    """The node at 8 prompts with its heap kept mapped and with glibc's own thresholds (heap_settings.py)."""
+    rows = [[r["heap"], _f(r["end_to_end_ms_p50"], 0), _f(r["outputs_per_s"], 2),
+             f"{r['latency_ms_p50']:.0f} / {r['latency_ms_p95']:.0f}",
+             f"{r['page_faults_per_output'].get('clipseg_inferen', 0):,}", _cores(r, "clipseg_inferen")]
+            for r in d["rows"]]
+    return _table([f"heap ({d['cpu']}, {d['prompts']} prompts, in run order)", "end to end p50 (ms)",
+                   "outputs/s at 30 Hz", "latency p50 / p95 (ms)", "page faults per output: model thread",
+                   "cores: model thread"], "lrrrrr", rows)
+
+
 def thread_settings(d: dict) -> str:
     """The node at 8 prompts per num_threads and pipeline setting (thread_settings.py)."""
     rows = [["on" if r["pipeline"] else "off",
@@ -309,7 +320,7 @@ def live_headline(d: dict) -> str:
 
 
 RENDERERS = {f.__name__.replace("_", "-"): f for f in (
-    live_engine, live_node, live_first_start, live_headline, int8_weights, part_runtimes, thread_settings,
+    live_engine, live_node, live_first_start, live_headline, int8_weights, part_runtimes, thread_settings, heap_settings,
     engine, precision_engine, precision_agreement, precision_node, onnx_probe, node_overhead, propagation_accuracy,
     propagation_node, label_speed, label_memory, spatial, consumers, soak, headline, refine_scenes, refine_summary, refine_cost,
     refine_radii)}

@@ -26,6 +26,7 @@ def run_script(name: str, *args: str, timeout: float = 400) -> subprocess.Comple
     ("bench_live.py", ["--quick", "--seconds", "2"], ["blog_usage_ms", "engine", "node", "first_start"]),
     ("int8_weights.py", ["--quick", "--repeats", "1"], ["rows", "chosen"]),
     ("part_runtimes.py", ["--quick", "--rounds", "1"], ["vision", "decoder", "text", "auto"]),
+    ("heap_settings.py", ["--quick", "--seconds", "2"], ["rows", "auto"]),
 ])
 def test_benchmark_runs_and_writes_its_json(script, args, keys, tmp_path):
     out = tmp_path / "result.json"
@@ -46,12 +47,16 @@ def test_benchmark_runs_and_writes_its_json(script, args, keys, tmp_path):
         assert all(r["outputs"] > 0 and r["end_to_end_ms_p50"] > 0 for r in result["node"])
         piped = result["node"][0]
         assert "clipseg_inferen" in piped["cores_by_thread"] and "ms a cycle" in piped["outputs_thread"]
+        assert piped["page_faults_per_output"]["clipseg_inferen"] >= 0
         assert result["node"][3]["outputs_thread"].startswith("off")
         first = result["first_start"]
         assert first["empty_cache"]["outputs"] > 0 and first["prepared_cache"]["first_output_s"] > 0
     if script == "int8_weights.py":
         assert [r["variant"] for r in result["rows"]][0] == "float32" and len(result["rows"]) == 4
         assert all(0.9 < r["mask_agreement"] <= 1 for r in result["rows"][1:])
+    if script == "heap_settings.py":
+        assert [r["heap"] for r in result["rows"]] == ["kept mapped (default)", "glibc's own thresholds"]
+        assert all(r["outputs"] > 0 and "clipseg_inferen" in r["page_faults_per_output"] for r in result["rows"])
     if script == "part_runtimes.py":
         vision = result["vision"]["rows"]
         assert [r["variant"] for r in vision][:2] == ["float32 (torch)", "auto: int8"] and len(vision) == 5
