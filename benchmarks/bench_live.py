@@ -172,6 +172,24 @@ class Bench:
         self.rclpy.shutdown()
 
 
+def node_variants_setup(quick: bool, prefix: str) -> tuple[tempfile.TemporaryDirectory, str, dict]:
+    """For scripts that run the node in several variants: this process on a random ROS domain with
+    LARGE_DATA, a random checkpoint (tiny with ``quick``) in a temporary folder with auto's graph
+    cache filled first (when auto uses one, so that every variant starts alike); (the folder, the
+    checkpoint, the result's header)."""
+    os.environ.setdefault("ROS_DOMAIN_ID", str(random.randint(1, 100)))
+    os.environ["FASTDDS_BUILTIN_TRANSPORTS"] = "LARGE_DATA"
+    from clipseg_ros.core.model.engine import SegmentationEngine
+    from clipseg_ros.core.model.random_checkpoint import make_random_checkpoint
+
+    tmp = tempfile.TemporaryDirectory(prefix=prefix)
+    model = str(make_random_checkpoint(tmp.name, size="tiny" if quick else "rd64-refined"))
+    auto = SegmentationEngine.from_pretrained(model, device="cpu", dtype="auto", export_in_background=False)
+    header = {"cpu": cpu_name(), "cores": os.cpu_count(), "model": "random tiny" if quick else "random rd64-refined",
+              "auto": auto.precision.describe()}
+    return tmp, model, header
+
+
 def pct(values, q):
     return round(float(np.percentile(values, q)), 1) if values else None
 

@@ -18,14 +18,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import random
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_live  # noqa: E402
-from results_file import cpu_name, write_results  # noqa: E402
+from results_file import write_results  # noqa: E402
 
 VARIANTS = {"kept mapped (default)": {}, "glibc's own thresholds": {"GLIBC_TUNABLES": "glibc.malloc.tcache_count=7"}}
 
@@ -36,19 +34,8 @@ def main(argv=None) -> int:
     parser.add_argument("--seconds", type=float, default=0, help="each 30 Hz window (default 20, quick 3)")
     parser.add_argument("--json", help="write results to this path")
     args = parser.parse_args(argv)
-    os.environ.setdefault("ROS_DOMAIN_ID", str(random.randint(1, 100)))
-    os.environ["FASTDDS_BUILTIN_TRANSPORTS"] = "LARGE_DATA"
-    from clipseg_ros.core.model.engine import SegmentationEngine
-    from clipseg_ros.core.model.random_checkpoint import make_random_checkpoint
-
-    tmp = tempfile.TemporaryDirectory(prefix="clipseg_heap_settings_")
-    model = str(make_random_checkpoint(tmp.name, size="tiny" if args.quick else "rd64-refined"))
-    # the graph cache filled first (when auto uses one), so that every variant starts alike
-    auto = SegmentationEngine.from_pretrained(model, device="cpu", dtype="auto", export_in_background=False)
-    result = {"cpu": cpu_name(), "cores": os.cpu_count(), "model": "random tiny" if args.quick else "random rd64-refined",
-              "auto": auto.precision.describe(), "prompts": 8,
-              "window_s": args.seconds or (3.0 if args.quick else 20.0), "rows": []}
-    del auto
+    tmp, model, header = bench_live.node_variants_setup(args.quick, "clipseg_heap_settings_")
+    result = {**header, "prompts": 8, "window_s": args.seconds or (3.0 if args.quick else 20.0), "rows": []}
     bench = bench_live.Bench()
     try:
         for _ in range(1 if args.quick else 2):

@@ -13,15 +13,12 @@ cores per thread). ``num_threads`` 0 is torch's default (one per core).
 from __future__ import annotations
 
 import argparse
-import os
-import random
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_live  # noqa: E402
-from results_file import cpu_name, write_results  # noqa: E402
+from results_file import write_results  # noqa: E402
 
 VARIANTS = ((True, 0), (True, 1), (False, 0), (False, 1))  # (pipeline, num_threads)
 
@@ -32,21 +29,11 @@ def main(argv=None) -> int:
     parser.add_argument("--seconds", type=float, default=0, help="each 30 Hz window (default 20, quick 3)")
     parser.add_argument("--json", help="write results to this path")
     args = parser.parse_args(argv)
-    os.environ.setdefault("ROS_DOMAIN_ID", str(random.randint(1, 100)))
-    os.environ["FASTDDS_BUILTIN_TRANSPORTS"] = "LARGE_DATA"
     import torch
 
-    from clipseg_ros.core.model.engine import SegmentationEngine
-    from clipseg_ros.core.model.random_checkpoint import make_random_checkpoint
-
-    tmp = tempfile.TemporaryDirectory(prefix="clipseg_thread_settings_")
-    model = str(make_random_checkpoint(tmp.name, size="tiny" if args.quick else "rd64-refined"))
-    # the graph cache filled first (when auto uses one), so that every variant starts alike
-    auto = SegmentationEngine.from_pretrained(model, device="cpu", dtype="auto", export_in_background=False)
-    result = {"cpu": cpu_name(), "cores": os.cpu_count(), "default_threads": torch.get_num_threads(),
-              "model": "random tiny" if args.quick else "random rd64-refined", "auto": auto.precision.describe(),
-              "prompts": 8, "window_s": args.seconds or (3.0 if args.quick else 20.0), "rows": []}
-    del auto
+    tmp, model, header = bench_live.node_variants_setup(args.quick, "clipseg_thread_settings_")
+    result = {**header, "default_threads": torch.get_num_threads(), "prompts": 8,
+              "window_s": args.seconds or (3.0 if args.quick else 20.0), "rows": []}
     bench = bench_live.Bench()
     try:
         for pipeline, threads in VARIANTS:

@@ -27,6 +27,7 @@ def run_script(name: str, *args: str, timeout: float = 400) -> subprocess.Comple
     ("int8_weights.py", ["--quick", "--repeats", "1"], ["rows", "chosen"]),
     ("part_runtimes.py", ["--quick", "--rounds", "1"], ["vision", "decoder", "text", "auto"]),
     ("heap_settings.py", ["--quick", "--seconds", "2"], ["rows", "auto"]),
+    ("thread_settings.py", ["--quick", "--seconds", "2"], ["rows", "default_threads"]),
 ])
 def test_benchmark_runs_and_writes_its_json(script, args, keys, tmp_path):
     out = tmp_path / "result.json"
@@ -54,6 +55,9 @@ def test_benchmark_runs_and_writes_its_json(script, args, keys, tmp_path):
     if script == "int8_weights.py":
         assert [r["variant"] for r in result["rows"]][0] == "float32" and len(result["rows"]) == 4
         assert all(0.9 < r["mask_agreement"] <= 1 for r in result["rows"][1:])
+    if script == "thread_settings.py":
+        assert [(r["pipeline"], r["num_threads"]) for r in result["rows"]] == [(True, 0), (True, 1), (False, 0), (False, 1)]
+        assert all(r["outputs"] > 0 for r in result["rows"])
     if script == "heap_settings.py":
         assert [r["heap"] for r in result["rows"]] == ["kept mapped (default)", "glibc's own thresholds"]
         assert all(r["outputs"] > 0 and "clipseg_inferen" in r["page_faults_per_output"] for r in result["rows"])
