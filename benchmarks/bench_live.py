@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import random
 import subprocess
 import sys
 import tempfile
@@ -39,7 +38,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_engine import sample_image  # noqa: E402
 from bench_precision import PROMPTS, blog_usage_ms, stage_times  # noqa: E402
-from camera_run import NodeNeverAnswered, play, start_node  # noqa: E402
+from camera_run import NodeNeverAnswered, isolate_dds, play, start_node  # noqa: E402
 from results_file import cpu_name, write_results  # noqa: E402
 
 from clipseg_ros.tools.child_node import interrupt  # noqa: E402
@@ -177,8 +176,7 @@ def node_variants_setup(quick: bool, prefix: str) -> tuple[tempfile.TemporaryDir
     LARGE_DATA, a random checkpoint (tiny with ``quick``) in a temporary folder with auto's graph
     cache filled first (when auto uses one, so that every variant starts alike); (the folder, the
     checkpoint, the result's header)."""
-    os.environ.setdefault("ROS_DOMAIN_ID", str(random.randint(1, 100)))
-    os.environ["FASTDDS_BUILTIN_TRANSPORTS"] = "LARGE_DATA"
+    isolate_dds()
     from clipseg_ros.core.model.engine import SegmentationEngine
     from clipseg_ros.core.model.random_checkpoint import make_random_checkpoint
 
@@ -270,8 +268,7 @@ def main(argv=None) -> int:
     parser.add_argument("--seconds", type=float, default=0, help="each 30 Hz window (default 30, quick 5)")
     parser.add_argument("--json", help="write results to this path")
     args = parser.parse_args(argv)
-    os.environ.setdefault("ROS_DOMAIN_ID", str(random.randint(1, 100)))
-    os.environ["FASTDDS_BUILTIN_TRANSPORTS"] = "LARGE_DATA"
+    isolate_dds()
     seconds = args.seconds or (5.0 if args.quick else 30.0)
     from clipseg_ros.ros.glibc import keep_frame_buffers_mapped
 

@@ -29,12 +29,18 @@ def retrying(run):
     return wrapped
 
 
+def isolate_dds() -> None:
+    """A random ROS_DOMAIN_ID (once per process) and the LARGE_DATA transport, in this process and
+    the nodes it starts; call before this process's rclpy.init."""
+    os.environ.setdefault("ROS_DOMAIN_ID", str(random.randint(1, 100)))
+    os.environ["FASTDDS_BUILTIN_TRANSPORTS"] = "LARGE_DATA"
+
+
 def start_node(model: str, prompts, log_prefix: str, **params) -> tuple[subprocess.Popen, str]:
     """``python -m clipseg_ros`` named ``clipseg`` on ``/bench/image`` with ``prompts`` and
     ``params`` (name=value); its log goes to a file (a pipe nobody reads would block it). Sets
-    a random ROS_DOMAIN_ID (once per process) and the LARGE_DATA transport in this process too."""
-    os.environ.setdefault("ROS_DOMAIN_ID", str(random.randint(1, 100)))
-    os.environ["FASTDDS_BUILTIN_TRANSPORTS"] = "LARGE_DATA"
+    the DDS environment (:func:`isolate_dds`) in this process too."""
+    isolate_dds()
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     names = ", ".join(f"'{p}'" for p in prompts)
     args = [sys.executable, "-m", "clipseg_ros", "--ros-args", "-r", "__node:=clipseg", "-p", f"model:={model}",

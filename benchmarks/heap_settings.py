@@ -20,6 +20,7 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from unittest import mock
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_live  # noqa: E402
@@ -40,17 +41,9 @@ def main(argv=None) -> int:
     try:
         for _ in range(1 if args.quick else 2):
             for variant, env in VARIANTS.items():
-                saved = {k: os.environ.get(k) for k in env}
-                os.environ.update(env)
-                try:
+                with mock.patch.dict(os.environ, env):  # the node started inside inherits it
                     [row] = bench_live.node_runs(bench, model, False, result["window_s"], 2 if args.quick else 4,
                                                  counts=(8,))
-                finally:
-                    for k, v in saved.items():
-                        if v is None:
-                            del os.environ[k]
-                        else:
-                            os.environ[k] = v
                 result["rows"].append({"heap": variant, **row})
     finally:
         bench.close()

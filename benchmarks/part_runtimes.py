@@ -42,7 +42,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_engine import sample_image  # noqa: E402
+from bench_engine import median_ms, sample_image  # noqa: E402
 from bench_precision import PROMPTS, photos  # noqa: E402
 from results_file import cpu_name, write_results  # noqa: E402
 
@@ -81,15 +81,6 @@ def session(path: Path):
 
     return ort.InferenceSession(str(path), onnx_vision.session_options(torch.get_num_threads()),
                                 providers=["CPUExecutionProvider"])
-
-
-def timed_ms(fn, rounds: int) -> list[float]:
-    out = []
-    for _ in range(rounds):
-        start = time.perf_counter()
-        fn()
-        out.append((time.perf_counter() - start) * 1000)
-    return out
 
 
 def agreement_row(reference: SegmentationEngine, candidate: SegmentationEngine, images) -> dict:
@@ -185,8 +176,6 @@ class OnnxDecoder:
 
 def decoder_part(model: str, reference: SegmentationEngine, auto: SegmentationEngine, work: Path, images,
                  rounds: int) -> dict:
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
     net = auto.network
     image = sample_image()
     activations = net.encode_pixels(auto.preprocess([image]))
@@ -198,9 +187,7 @@ def decoder_part(model: str, reference: SegmentationEngine, auto: SegmentationEn
     onnx_vision.export_graph(_Decoder(exporter), inputs, float_path, names, ["logits"],
                              dynamic_axes={"prompts": {0: "n"}, "logits": {1: "n"}})
     weights = int8_weight_type(cpu_features())
-    with onnx_vision._without_preprocessing_advice():
-        quantize_dynamic(str(float_path), str(int8_path),
-                         weight_type=QuantType.QInt8 if weights == "int8" else QuantType.QUInt8)
+    onnx_vision.quantize_int8(float_path, int8_path, weights)  # as the product quantises its vision graph
     runners = {f"torch {str(net.decoder_dtype).removeprefix('torch.')} (auto)": net.decode,
                "onnxruntime float32": OnnxDecoder(float_path),
                f"onnxruntime dynamic int8 ({weights} weights)": OnnxDecoder(int8_path)}
@@ -212,7 +199,7 @@ def decoder_part(model: str, reference: SegmentationEngine, auto: SegmentationEn
         times = {name: [] for name in runners}
         for _ in range(rounds):
             for name, run in runners.items():
-                times[name] += timed_ms(lambda: run(activations, cond), 1)
+                times[name].append(median_ms(lambda: run(activations, cond), 1, warmup=0))
         for name in runners:
             rows.append({"variant": name, "prompts": n, "decoder_ms": round(statistics.median(times[name]), 1)})
     for name, run in list(runners.items())[1:]:
@@ -268,7 +255,7 @@ def text_part(model: str, reference: SegmentationEngine, auto: SegmentationEngin
     times = {name: [] for name in engines}
     for _ in range(3 * rounds):  # ~0.1 s a call: more rounds for the same share of the host's drift
         for name, e in engines.items():
-            times[name] += timed_ms(lambda: embed(e), 1)
+            times[name].append(median_ms(lambda: embed(e), 1, warmup=0))
     rows = [{"variant": name, "prompts": len(PROMPTS), "text_ms": round(statistics.median(times[name]), 1)}
             for name in engines]
     rows[1]["max_embedding_difference"] = round(difference, 6)

@@ -38,9 +38,9 @@ def keep_frame_buffers_mapped() -> str:
     decoder's MLP at 8 prompts: 32 MB a layer). glibc maps such sizes freshly and unmaps them when
     freed (its threshold adapts only up to 32 MB), and trimming the heap once a second returned the
     rest, so every frame faulted the same memory in again. With glibc's own thresholds alone:
-    44 000-47 000 page faults (~180 MB) a frame in the model thread at 8 prompts, against 426-5 831 with the heap kept, and 0.85-1.05
-    against 1.15-1.20 outputs/s under a 30 Hz camera (``benchmarks/heap_settings.py``, full-size
-    model, 2-core AVX2 EPYC). The cost: the process keeps its high-water mark
+    44 000-47 000 page faults (~180 MB) a frame in the model thread at 8 prompts, against
+    426-5 831 with the heap kept, and 0.85-1.05 against 1.15-1.20 outputs/s under a 30 Hz camera
+    (``benchmarks/heap_settings.py``, full-size model, 2-core AVX2 EPYC). The cost: the process keeps its high-water mark
     (:func:`return_free_memory` gives it back when the model thread stops)."""
     if any(name in os.environ for name in OPERATOR_SETTINGS) or "glibc.malloc" in os.environ.get("GLIBC_TUNABLES", ""):
         return "heap: the environment's malloc settings kept"
